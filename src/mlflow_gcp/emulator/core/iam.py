@@ -1,0 +1,148 @@
+"""One IAM-policy store for every resource that has ``getIamPolicy``/``setIamPolicy``.
+
+Policies carry etags: a write naming a stale etag is refused (409 ABORTED for the GAPIC APIs; Cloud
+Storage uses 412, so the caller picks the error). Writes check their members as GCP does: a service
+account that does not exist (or that eventual consistency still hides) is a 400, and ``allUsers`` is
+refused while the simulated Domain Restricted Sharing org policy is on.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import GcpError, aborted, invalid
+
+if TYPE_CHECKING:
+    from .world import World
+
+_MEMBER = re.compile(
+    r"^(allUsers|allAuthenticatedUsers|(user|serviceAccount|group|domain|principal|principalSet"
+    r"|projectOwner|projectEditor|projectViewer|deleted:user|deleted:serviceAccount|deleted:group):.+)$"
+)
+_ROLE = re.compile(r"^(roles/[\w.]+|projects/[^/]+/roles/[\w.]+|organizations/\d+/roles/[\w.]+)$")
+
+# Basic and admin roles that include a narrower role, for the checks the emulator itself makes.
+IMPLIED_BY: dict[str, set[str]] = {
+    "roles/secretmanager.secretAccessor": {"roles/owner", "roles/secretmanager.admin"},
+    "roles/cloudsql.client": {"roles/owner", "roles/editor", "roles/cloudsql.admin", "roles/cloudsql.editor"},
+    "roles/run.invoker": {"roles/owner", "roles/editor", "roles/run.admin"},
+}
+
+
+def new_etag() -> str:
+    return base64.b64encode(os.urandom(8)).decode()
+
+
+class IamPolicies:
+    KIND = "iam.policy"
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self._lock = threading.RLock()
+        # (resource, role, member) -> when the grant was written, for propagation delay.
+        self._granted_at: dict[tuple[str, str, str], float] = {}
+
+    def get(self, resource: str) -> dict[str, Any]:
+        policy = self.world.store.get(self.KIND, resource)
+        if policy is None:
+            policy = {"version": 1, "etag": "ACAB", "bindings": []}
+        return policy
+
+    def set(
+        self,
+        resource: str,
+        policy: dict[str, Any],
+        *,
+        stale_etag_error: Callable[[], GcpError] | None = None,
+    ) -> dict[str, Any]:
+        policy = copy.deepcopy(policy)
+        bindings = policy.get("bindings", [])
+        for binding in bindings:
+            role = binding.get("role", "")
+            if not _ROLE.match(role):
+                raise invalid(f"Role {role} is not supported for this resource.")
+            for member in binding.get("members", []):
+                self._check_member(member)
+        with self._lock:
+            current = self.get(resource)
+            etag = policy.get("etag")
+            if etag and etag != current["etag"]:
+                raise (stale_etag_error or _concurrent_change)()
+            if self.world.control.roll("policy_conflict_rate"):
+                raise (stale_etag_error or _concurrent_change)()
+            old = {(b["role"], m) for b in current.get("bindings", []) for m in b.get("members", [])}
+            merged: dict[str, list[str]] = {}
+            for binding in bindings:
+                members = merged.setdefault(binding["role"], [])
+                for m in binding.get("members", []):
+                    if m not in members:
+                        members.append(m)
+            now = time.monotonic()
+            for role, members in merged.items():
+                for m in members:
+                    if (role, m) not in old:
+                        self._granted_at[(resource, role, m)] = now
+            stored = {
+                "version": policy.get("version", 1) or 1,
+                "etag": new_etag(),
+                "bindings": [{"role": r, "members": sorted(ms)} for r, ms in sorted(merged.items()) if ms],
+            }
+            self.world.store.put(self.KIND, resource, stored)
+            return copy.deepcopy(stored)
+
+    def delete(self, resource: str) -> None:
+        self.world.store.delete(self.KIND, resource)
+
+    def members(self, resource: str, role: str) -> set[str]:
+        for b in self.get(resource).get("bindings", []):
+            if b["role"] == role:
+                return set(b.get("members", []))
+        return set()
+
+    def has_role(self, resources: Iterable[str], member: str, role: str) -> bool:
+        """Does ``member`` hold ``role`` (or a role that includes it) on any of ``resources``, counting
+        only grants that IAM has propagated (``iam_propagation_seconds`` under eventual consistency)?"""
+        roles = {role} | IMPLIED_BY.get(role, set())
+        settings = self.world.control.settings
+        wait = settings.iam_propagation_seconds if settings.consistency else 0.0
+        now = time.monotonic()
+        for resource in resources:
+            for b in self.get(resource).get("bindings", []):
+                if b["role"] in roles and member in b.get("members", []):
+                    granted = self._granted_at.get((resource, b["role"], member), 0.0)
+                    if now - granted >= wait:
+                        return True
+        return False
+
+    def _check_member(self, member: str) -> None:
+        if not _MEMBER.match(member):
+            raise invalid(f"Invalid principal: {member}.")
+        if member in ("allUsers", "allAuthenticatedUsers") and self.world.control.settings.domain_restricted_sharing:
+            raise GcpError(
+                400,
+                "One or more users named in the policy do not belong to a permitted customer, "
+                "perhaps due to an organization policy.",
+                "FAILED_PRECONDITION",
+                error_info={
+                    "reason": "ORG_POLICY_CONSTRAINT_FAILED",
+                    "domain": "cloudresourcemanager.googleapis.com",
+                    "metadata": {"constraint": "constraints/iam.allowedPolicyMemberDomains"},
+                },
+            )
+        if member.startswith("serviceAccount:"):
+            email = member.split(":", 1)[1]
+            if not self.world.service_account_visible(email):
+                raise invalid(f"Service account {email} does not exist.")
+
+
+def _concurrent_change() -> GcpError:
+    return aborted(
+        "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff."
+    )

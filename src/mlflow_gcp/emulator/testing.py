@@ -1,0 +1,142 @@
+"""Clients pointed at a running emulator, and its control plane, for tests and benchmarks.
+
+Every client is the official library with an ``http://`` endpoint, REST transport and anonymous
+credentials: nothing here changes what the libraries send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import requests
+
+
+class EmulatorAdmin:
+    """The control plane: ``/_emulator/...``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = requests.Session()
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/_emulator/{path}"
+
+    def health(self) -> dict[str, Any]:
+        return self.http.get(self._url("health"), timeout=5).json()
+
+    def reset(self) -> None:
+        self.http.post(self._url("reset"), timeout=120).raise_for_status()
+
+    def settings(self, **changes: Any) -> dict[str, Any]:
+        r = self.http.patch(self._url("settings"), json=changes, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def add_project(self, project_id: str) -> dict[str, Any]:
+        r = self.http.post(self._url("projects"), json={"projectId": project_id}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        r = self.http.get(self._url("requests"), params={"since": since}, timeout=10)
+        r.raise_for_status()
+        return [json.loads(line) for line in r.text.splitlines() if line]
+
+    def mutations(self, since: int = 0) -> list[dict[str, Any]]:
+        return [e for e in self.requests(since) if e["mutating"]]
+
+
+class Clients:
+    """Official client libraries aimed at the emulator at ``base_url``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    @property
+    def credentials(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+
+    def _gapic(self, cls: Any, prefix: str) -> Any:
+        return cls(
+            credentials=self.credentials,
+            transport="rest",
+            client_options={"api_endpoint": f"{self.base_url}/{prefix}"},
+        )
+
+    def _discovery(self, api: str, version: str, prefix: str) -> Any:
+        from googleapiclient.discovery import build
+
+        return build(
+            api,
+            version,
+            credentials=self.credentials,
+            client_options={"api_endpoint": f"{self.base_url}/{prefix}/"},
+            static_discovery=True,
+            cache_discovery=False,
+        )
+
+    def service_usage(self) -> Any:
+        from google.cloud import service_usage_v1
+
+        return self._gapic(service_usage_v1.ServiceUsageClient, "serviceusage")
+
+    def projects(self) -> Any:
+        from google.cloud import resourcemanager_v3
+
+        return self._gapic(resourcemanager_v3.ProjectsClient, "resourcemanager")
+
+    def secret_manager(self) -> Any:
+        from google.cloud import secretmanager_v1
+
+        return self._gapic(secretmanager_v1.SecretManagerServiceClient, "secretmanager")
+
+    def artifact_registry(self) -> Any:
+        from google.cloud import artifactregistry_v1
+
+        return self._gapic(artifactregistry_v1.ArtifactRegistryClient, "artifactregistry")
+
+    def cloud_build(self) -> Any:
+        from google.cloud.devtools import cloudbuild_v1
+
+        return self._gapic(cloudbuild_v1.CloudBuildClient, "cloudbuild")
+
+    def run_services(self) -> Any:
+        from google.cloud import run_v2
+
+        return self._gapic(run_v2.ServicesClient, "run")
+
+    def run_revisions(self) -> Any:
+        from google.cloud import run_v2
+
+        return self._gapic(run_v2.RevisionsClient, "run")
+
+    def sqladmin(self) -> Any:
+        return self._discovery("sqladmin", "v1", "sqladmin")
+
+    def iam(self) -> Any:
+        return self._discovery("iam", "v1", "iam")
+
+    def storage(self, project: str) -> Any:
+        from google.cloud import storage
+
+        return storage.Client(
+            project=project, credentials=self.credentials, client_options={"api_endpoint": self.base_url}
+        )
+
+    def docker(self) -> Any:
+        import docker
+
+        host = self.base_url.replace("http://", "tcp://")
+        return docker.DockerClient(base_url=host, version="1.45", timeout=300)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process (MLflow's GCS artifact repo, the docker CLI) to reach the emulator."""
+        return {
+            **os.environ,
+            "STORAGE_EMULATOR_HOST": self.base_url,
+            "DOCKER_HOST": self.base_url.replace("http://", "tcp://"),
+        }

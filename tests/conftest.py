@@ -1,0 +1,69 @@
+"""Shared fixtures: one emulator per test session (per xdist worker), a fresh project per test."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlflow_gcp.emulator.server import Emulator
+from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    # A short data path: Cloud SQL sockets live under it and unix socket paths are limited to 107 bytes.
+    data_dir = Path(tempfile.mkdtemp(prefix="mge-", dir="/tmp"))
+    emu = Emulator(data_dir).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def admin(emulator: Emulator) -> Iterator[EmulatorAdmin]:
+    admin = EmulatorAdmin(emulator.base_url)
+    yield admin
+    # Settings never leak from one test into the next.
+    emulator.world.control.reset()
+
+
+@pytest.fixture
+def clients(emulator: Emulator) -> Clients:
+    return Clients(emulator.base_url)
+
+
+@pytest.fixture
+def project(emulator: Emulator, admin: EmulatorAdmin) -> str:
+    """A new, empty project for this test (APIs disabled, as in a new GCP project)."""
+    project_id = f"p-{uuid.uuid4().hex[:10]}"
+    admin.add_project(project_id)
+    return project_id
+
+
+def enable(clients: Clients, project: str, *services: str) -> None:
+    """Enable APIs through Service Usage, as a user would before using them."""
+    from google.cloud import service_usage_v1
+
+    op = clients.service_usage().batch_enable_services(
+        request=service_usage_v1.BatchEnableServicesRequest(parent=f"projects/{project}", service_ids=list(services))
+    )
+    op.result(timeout=60)
+
+
+@pytest.fixture
+def enabled_project(clients: Clients, project: str) -> str:
+    """A project with every API mlflow-gcp uses enabled."""
+    enable(
+        clients,
+        project,
+        "artifactregistry.googleapis.com",
+        "cloudbuild.googleapis.com",
+        "sqladmin.googleapis.com",
+        "secretmanager.googleapis.com",
+        "iam.googleapis.com",
+        "run.googleapis.com",
+    )
+    return project

@@ -1,0 +1,18 @@
+# Two commands for a newcomer (see README.md):
+#   make up-local   install, then run `mlflow-gcp up --local` against the local GCP emulator
+#   make test       install, then run the whole test suite
+.PHONY: install test lint up-local emulator
+
+install:
+	./scripts/install.sh
+
+test: install
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/pytest -n 2
+
+lint:
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+
+emulator: install
+	.venv/bin/mlflow-gcp emulator start

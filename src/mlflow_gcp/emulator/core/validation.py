@@ -100,6 +100,9 @@ def _check(value: Any, spec: dict[str, Any], schemas: dict[str, Any], where: str
         for i, item in enumerate(value):
             _check(item, spec.get("items", {}), schemas, f"{where}[{i}]")
     elif kind == "string":
+        if spec.get("format") in ("int64", "uint64") and isinstance(value, int) and not isinstance(value, bool):
+            # Proto3 JSON takes 64-bit integers as numbers too (google-cloud-storage sends some that way).
+            return
         if not isinstance(value, str):
             raise invalid(f"Invalid value at '{where}' ({type(value).__name__}), expected a string.")
         if "enum" in spec and value not in spec["enum"]:

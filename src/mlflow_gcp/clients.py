@@ -1,0 +1,157 @@
+"""The one place that builds Google clients: endpoints (real GCP or the local emulator), credentials, transport.
+Resource modules never construct clients themselves."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from .errors import CredentialsError
+
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+class Clients:
+    """Lazily built clients. ``emulator_url`` None means real Google Cloud with Application Default Credentials."""
+
+    def __init__(self, project: str, emulator_url: str | None = None) -> None:
+        self.project = project
+        self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @property
+    def local(self) -> bool:
+        return self.emulator_url is not None
+
+    @functools.cached_property
+    def credentials(self) -> Any:
+        if self.local:
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError, RefreshError
+        from google.auth.transport.requests import Request
+
+        try:
+            creds, _ = google.auth.default(scopes=SCOPES)
+            creds.refresh(Request())
+        except DefaultCredentialsError:
+            raise CredentialsError(
+                "No Google credentials found.",
+                hint="Run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS).",
+            ) from None
+        except RefreshError as exc:
+            raise CredentialsError(
+                f"Your Google credentials could not be refreshed ({exc.args[0] if exc.args else exc}).",
+                hint="They may have expired: run `gcloud auth application-default login` again.",
+            ) from None
+        return creds
+
+    def access_token(self) -> str:
+        if self.local:
+            return "emulator-token"
+        from google.auth.transport.requests import Request
+
+        creds = self.credentials
+        if not creds.valid:
+            creds.refresh(Request())
+        return creds.token
+
+    def _gapic(self, cls: Any, prefix: str) -> Any:
+        options = {"api_endpoint": f"{self.emulator_url}/{prefix}"} if self.local else None
+        return cls(credentials=self.credentials, transport="rest", client_options=options)
+
+    def _cached(self, name: str, build: Any) -> Any:
+        with self._lock:
+            if name not in self.__dict__:
+                self.__dict__[name] = build()
+            return self.__dict__[name]
+
+    @property
+    def service_usage(self) -> Any:
+        from google.cloud import service_usage_v1
+
+        return self._cached("_su", lambda: self._gapic(service_usage_v1.ServiceUsageClient, "serviceusage"))
+
+    @property
+    def projects(self) -> Any:
+        from google.cloud import resourcemanager_v3
+
+        return self._cached("_rm", lambda: self._gapic(resourcemanager_v3.ProjectsClient, "resourcemanager"))
+
+    @property
+    def secrets(self) -> Any:
+        from google.cloud import secretmanager_v1
+
+        return self._cached("_sm", lambda: self._gapic(secretmanager_v1.SecretManagerServiceClient, "secretmanager"))
+
+    @property
+    def artifact_registry(self) -> Any:
+        from google.cloud import artifactregistry_v1
+
+        return self._cached("_ar", lambda: self._gapic(artifactregistry_v1.ArtifactRegistryClient, "artifactregistry"))
+
+    @property
+    def run_services(self) -> Any:
+        from google.cloud import run_v2
+
+        return self._cached("_run", lambda: self._gapic(run_v2.ServicesClient, "run"))
+
+    @property
+    def run_revisions(self) -> Any:
+        from google.cloud import run_v2
+
+        return self._cached("_rev", lambda: self._gapic(run_v2.RevisionsClient, "run"))
+
+    @property
+    def storage(self) -> Any:
+        from google.cloud import storage
+
+        def build() -> Any:
+            options = {"api_endpoint": self.emulator_url} if self.local else None
+            return storage.Client(project=self.project, credentials=self.credentials, client_options=options)
+
+        return self._cached("_gcs", build)
+
+    def _discovery(self, api: str, version: str) -> Any:
+        # googleapiclient's httplib2 transport is not thread-safe: one client per thread.
+        key = f"{api}_{version}"
+        client = getattr(self._local, key, None)
+        if client is None:
+            from googleapiclient.discovery import build
+
+            options = {"api_endpoint": f"{self.emulator_url}/{api}/"} if self.local else None
+            client = build(
+                api,
+                version,
+                credentials=self.credentials,
+                client_options=options,
+                static_discovery=True,
+                cache_discovery=False,
+            )
+            setattr(self._local, key, client)
+        return client
+
+    @property
+    def sqladmin(self) -> Any:
+        return self._discovery("sqladmin", "v1")
+
+    @property
+    def iam(self) -> Any:
+        return self._discovery("iam", "v1")
+
+    def docker(self) -> Any:
+        import docker
+
+        if self.local:
+            return docker.DockerClient(base_url=self.emulator_url.replace("http://", "tcp://"), timeout=600)
+        try:
+            return docker.from_env(timeout=600)
+        except docker.errors.DockerException as exc:
+            raise CredentialsError(
+                f"Cannot reach a Docker daemon to build the server image ({exc}).",
+                hint="Start Docker, or pass --image with a prebuilt image URI.",
+            ) from None

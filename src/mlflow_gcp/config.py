@@ -1,0 +1,334 @@
+"""Configuration: defaults < config file < ``MLFLOW_GCP_*`` environment < flags, validated as a whole before any
+API call. Every problem is reported at once, with where the value came from and what to change."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "mlflow-gcp.toml"
+ENV_PREFIX = "MLFLOW_GCP_"
+LOCAL_PROJECT = "mlflow-local"
+
+# Regions where Cloud Run, Cloud SQL and Artifact Registry are all offered.
+REGIONS = frozenset(
+    [
+        "africa-south1",
+        "asia-east1",
+        "asia-east2",
+        "asia-northeast1",
+        "asia-northeast2",
+        "asia-northeast3",
+        "asia-south1",
+        "asia-south2",
+        "asia-southeast1",
+        "asia-southeast2",
+        "australia-southeast1",
+        "australia-southeast2",
+        "europe-central2",
+        "europe-north1",
+        "europe-north2",
+        "europe-southwest1",
+        "europe-west1",
+        "europe-west2",
+        "europe-west3",
+        "europe-west4",
+        "europe-west6",
+        "europe-west8",
+        "europe-west9",
+        "europe-west10",
+        "europe-west12",
+        "me-central1",
+        "me-central2",
+        "me-west1",
+        "northamerica-northeast1",
+        "northamerica-northeast2",
+        "northamerica-south1",
+        "southamerica-east1",
+        "southamerica-west1",
+        "us-central1",
+        "us-east1",
+        "us-east4",
+        "us-east5",
+        "us-south1",
+        "us-west1",
+        "us-west2",
+        "us-west3",
+        "us-west4",
+    ]
+)
+POSTGRES_VERSIONS = ("POSTGRES_13", "POSTGRES_14", "POSTGRES_15", "POSTGRES_16", "POSTGRES_17")
+
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_NAME = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+_MEMORY = re.compile(r"^\d+(Mi|Gi)$")
+_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
+_CUSTOM_TIER = re.compile(r"^db-custom-(\d+)-(\d+)$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseConfig(_Section):
+    #: Default: 1 vCPU / 3.75 GB, the smallest tier with Cloud SQL's SLA; about $49/month in us-central1 plus storage.
+    tier: str = "db-custom-1-3840"
+    #: Pinned: Google moves the default version.
+    version: str = "POSTGRES_16"
+    disk_size_gb: int = Field(10, ge=10, le=65536)
+    disk_type: Literal["PD_SSD", "PD_HDD"] = "PD_SSD"
+    backups: bool = True
+    point_in_time_recovery: bool = True
+    #: Enterprise edition keeps 1 to 7 days of transaction logs for point-in-time recovery.
+    log_retention_days: int = Field(7, ge=1, le=7)
+    deletion_protection: bool = True
+    #: CIDR ranges allowed to reach the public IP (the seed's `vpn_to_access_db`); empty = none.
+    authorized_networks: list[str] = []
+
+
+class ServerConfig(_Section):
+    #: A prebuilt server image; by default mlflow-gcp builds docker/ and pushes it to Artifact Registry.
+    image: str | None = None
+    max_instances: int = Field(10, ge=1, le=100)
+    min_instances: int = Field(0, ge=0, le=100)
+    cpu: Literal["1", "2", "4"] = "1"
+    memory: str = "1Gi"
+    workers: int = Field(2, ge=1, le=8)
+    auth_cache_ttl_seconds: int = Field(60, ge=1, le=3600)
+    admin_username: str = "admin"
+
+
+class ArtifactsConfig(_Section):
+    #: Default: "<project>-<name>-<env>".
+    bucket: str | None = None
+    #: Default: the region.
+    location: str | None = None
+    #: Principals that may read artifacts directly (`user:`, `group:`, `serviceAccount:`, `domain:`).
+    users: list[str] = []
+
+
+class Config(_Section):
+    project: str
+    region: str = "us-central1"
+    name: str = "mlflow"
+    env: str = "dev"
+    #: A local directory or a gs://bucket/prefix URL for the state file.
+    state: str = ".mlflow-gcp"
+    #: Create a key for the client service account (off: many organizations forbid key creation).
+    create_client_key: bool = False
+    database: DatabaseConfig = DatabaseConfig()
+    server: ServerConfig = ServerConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+
+    @property
+    def bucket_location(self) -> str:
+        return (self.artifacts.location or self.region).upper()
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "database": DatabaseConfig,
+    "server": ServerConfig,
+    "artifacts": ArtifactsConfig,
+}
+TOP_LEVEL = [k for k in Config.model_fields if k not in SECTIONS]
+
+
+def _env_var(section: str | None, key: str) -> str:
+    return ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``MLFLOW_GCP_PROJECT``, ``MLFLOW_GCP_DATABASE_TIER``, ...; lists are comma-separated."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    known = {_env_var(None, k): (None, k) for k in TOP_LEVEL}
+    for section, model in SECTIONS.items():
+        known.update({_env_var(section, k): (section, k) for k in model.model_fields})
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in ("MLFLOW_GCP_EMULATOR_DIR",):
+            continue
+        if var not in known:
+            continue  # other tools' MLFLOW_GCP_* variables are not ours to refuse
+        section, key = known[var]
+        model = SECTIONS[section] if section else Config
+        annotation = str(model.model_fields[key].annotation)
+        value: Any = [v.strip() for v in raw.split(",") if v.strip()] if "list" in annotation else raw
+        if section:
+            values.setdefault(section, {})[key] = value
+        else:
+            values[key] = value
+        sources[f"{section}.{key}" if section else key] = f"environment variable {var}"
+    return values, sources
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _flatten_sources(data: dict[str, Any], origin: str, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_sources(v, origin, key + "."))
+        else:
+            out[key] = origin
+    return out
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.", hint="Copy config.example.toml to start.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+
+
+def load(
+    config_file: Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    default_project: str | None = None,
+) -> Config:
+    """Assemble and validate the configuration. ``flags`` uses dotted keys (``database.tier``) for sections."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_file is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = Path(DEFAULT_CONFIG_FILE)
+    if config_file is not None:
+        file_data = read_file(config_file)
+        data = _merge(data, file_data)
+        sources.update(_flatten_sources(file_data, f"config file {config_file}"))
+    env_data, env_sources = _from_env(environ)
+    data = _merge(data, env_data)
+    sources.update(env_sources)
+    flag_data: dict[str, Any] = {}
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        section, _, field = key.rpartition(".")
+        (flag_data.setdefault(section, {}) if section else flag_data)[field] = value
+        sources[key] = f"--{field.replace('_', '-')}"
+    data = _merge(data, flag_data)
+    if "project" not in data:
+        project = environ.get("GOOGLE_CLOUD_PROJECT") or environ.get("CLOUDSDK_CORE_PROJECT") or default_project
+        if project:
+            data["project"] = project
+            sources["project"] = "the Google Cloud environment"
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    problems = check(config)
+    if problems:
+        raise ConfigError("Invalid configuration:\n" + "\n".join(f"  - {_where(k, sources)}: {m}" for k, m in problems))
+    return config
+
+
+def _where(key: str, sources: dict[str, str]) -> str:
+    return f"{key} (from {sources[key]})" if key in sources else key
+
+
+def _describe(exc: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            parent = SECTIONS.get(loc[0]) if len(loc) > 1 else Config
+            options = list(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(loc[-1], options, n=1)
+            lines.append(
+                f"  - {_where(key, sources)}: unknown setting"
+                + (f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else "")
+            )
+        elif err["type"] == "missing" and key == "project":
+            lines.append(
+                "  - project: not set. Pass --project, set MLFLOW_GCP_PROJECT or GOOGLE_CLOUD_PROJECT, "
+                'or put `project = "..."` in the config file.'
+            )
+        else:
+            lines.append(f"  - {_where(key, sources)}: {err['msg']} (got {err.get('input')!r})")
+    return "Invalid configuration:\n" + "\n".join(lines)
+
+
+def check(config: Config) -> list[tuple[str, str]]:
+    """Rules GCP would enforce, checked before any call so nothing is half-created."""
+    from .naming import Names
+
+    problems: list[tuple[str, str]] = []
+    if not _PROJECT_ID.match(config.project):
+        problems.append(
+            ("project", f"{config.project!r} is not a project ID: 6-30 lowercase letters, digits or hyphens, "
+             "starting with a letter (use the ID, not the display name or number)")
+        )  # fmt: skip
+    if config.region not in REGIONS:
+        close = difflib.get_close_matches(config.region, sorted(REGIONS), n=1)
+        problems.append(
+            ("region", f"unknown region {config.region!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        )
+    for key in ("name", "env"):
+        value = getattr(config, key)
+        if not _NAME.match(value):
+            problems.append((key, f"{value!r} must be lowercase letters, digits and hyphens, starting with a letter"))
+    if config.database.version not in POSTGRES_VERSIONS:
+        problems.append(("database.version", f"must be one of {', '.join(POSTGRES_VERSIONS)}"))
+    tier_problem = check_tier(config.database.tier)
+    if tier_problem:
+        problems.append(("database.tier", tier_problem))
+    for cidr in config.database.authorized_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(("database.authorized_networks", f"{cidr!r} is not a CIDR range like 203.0.113.0/24"))
+    if not _MEMORY.match(config.server.memory):
+        problems.append(("server.memory", f"{config.server.memory!r} must look like 512Mi or 2Gi"))
+    if config.server.min_instances > config.server.max_instances:
+        problems.append(("server.min_instances", "must not exceed server.max_instances"))
+    if len(config.server.admin_username) < 1 or not re.fullmatch(r"[\w.@-]+", config.server.admin_username):
+        problems.append(("server.admin_username", "use letters, digits, '.', '@', '_' or '-'"))
+    for member in config.artifacts.users:
+        if not _MEMBER.match(member):
+            problems.append(
+                ("artifacts.users", f"{member!r} needs a prefix: user:, group:, serviceAccount: or domain:")
+            )
+    if config.artifacts.location and config.artifacts.location.lower() not in REGIONS | {"us", "eu", "asia"}:
+        problems.append(("artifacts.location", f"unknown location {config.artifacts.location!r}"))
+    if not problems and _NAME.match(config.name) and _NAME.match(config.env):
+        problems += Names.from_config(config).problems()
+    return problems
+
+
+def check_tier(tier: str) -> str | None:
+    """Tiers Cloud SQL accepts for PostgreSQL in the ENTERPRISE edition (which mlflow-gcp sets explicitly)."""
+    if tier in ("db-f1-micro", "db-g1-small"):
+        return None
+    m = _CUSTOM_TIER.match(tier)
+    if not m:
+        return f"{tier!r} is not a Cloud SQL tier: use db-f1-micro, db-g1-small or db-custom-<vCPUs>-<MB>"
+    cpus, mb = int(m.group(1)), int(m.group(2))
+    if cpus != 1 and (cpus % 2 or cpus > 96):
+        return f"{tier!r}: vCPUs must be 1 or an even number up to 96"
+    if mb % 256:
+        return f"{tier!r}: memory must be a multiple of 256 MB"
+    if not (max(3840, 921.6 * cpus) <= mb <= 6656 * cpus):
+        return f"{tier!r}: memory must be 0.9 to 6.5 GB per vCPU and at least 3840 MB"
+    return None

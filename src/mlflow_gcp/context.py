@@ -1,0 +1,63 @@
+"""What every step of a run shares: configuration, names, clients, the state file, facts other steps published,
+the secret values generated in this run (memory only), and the API-call log for ``-v``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import retry
+
+if TYPE_CHECKING:
+    from .clients import Clients
+    from .config import Config
+    from .naming import Names
+    from .state import State
+
+
+class Context:
+    def __init__(
+        self,
+        config: Config,
+        names: Names,
+        clients: Clients,
+        state: State,
+        *,
+        log: Callable[[str], None] | None = None,
+        deadline: float = 900.0,
+    ) -> None:
+        self.config = config
+        self.names = names
+        self.clients = clients
+        self.state = state
+        self.deadline = deadline
+        self._log = log
+        self._facts: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        #: Secret values created in this run, by secret key; never written anywhere.
+        self.secret_values: dict[str, str] = {}
+
+    def publish(self, key: str, facts: dict[str, Any]) -> None:
+        with self._lock:
+            self._facts[key] = dict(facts)
+
+    def fact(self, key: str, name: str, default: Any = None) -> Any:
+        with self._lock:
+            facts = self._facts.get(key)
+        if facts is None:
+            facts = self.state.get(key) or {}
+        return facts.get(name, default)
+
+    def api(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry_on: Callable[[BaseException], bool] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Make one API call with the retry policy, logging ``what`` (never arguments: they may hold secrets)."""
+        if self._log:
+            self._log(what)
+        return retry.policy(self.deadline, also=retry_on)(fn)(*args, **kwargs)

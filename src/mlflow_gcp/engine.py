@@ -1,0 +1,286 @@
+"""The engine: runs resource steps by their declared dependencies, independent ones concurrently, and says
+what happened to each as one record (the progress view, the summary, ``--json`` and the tests all read it).
+
+A resource module has one small surface (see :class:`Resource`): ``find`` (only NOT_FOUND means absent),
+``diff`` (only the fields we own), ``create`` / ``update`` / ``delete``. Dry runs call ``find`` and ``diff``
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .context import Context
+
+Action = Literal[
+    "created", "updated", "unchanged", "deleted", "absent", "kept",
+    "would create", "would update", "would delete", "failed", "skipped",
+]  # fmt: skip
+
+MUTATING_ACTIONS = ("created", "updated", "deleted")
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    current: Any
+    desired: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.current!r} -> {self.desired!r}"
+
+
+@dataclass
+class Outcome:
+    key: str
+    kind: str
+    id: str
+    action: Action
+    changes: list[Change] = field(default_factory=list)
+    reason: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resource": self.key,
+            "kind": self.kind,
+            "id": self.id,
+            "action": self.action,
+            "changed_fields": [{"field": c.field, "current": c.current, "desired": c.desired} for c in self.changes],
+            "reason": self.reason,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class Resource(ABC):
+    """One GCP resource mlflow-gcp owns."""
+
+    key: ClassVar[str]
+    kind: ClassVar[str]
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    #: Holds user data (database, artifacts): `down` keeps it unless told to delete data.
+    holds_data: ClassVar[bool] = False
+    #: Shared with things outside the stack (enabled APIs): `down` never removes it.
+    kept_on_down: ClassVar[str] = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def id(self) -> str:
+        """The resource's full name or URI (for the state file and messages)."""
+
+    @abstractmethod
+    def find(self) -> Any | None:
+        """The live resource, or None if (and only if) GCP says NOT_FOUND."""
+
+    def diff(self, actual: Any) -> list[Change]:
+        """Fields we own that differ between ``actual`` and what they should be."""
+        return []
+
+    def settle(self, actual: Any) -> Any:
+        """Wait until a found resource is usable (e.g. still being created by a run that died); return it."""
+        return actual
+
+    @abstractmethod
+    def create(self) -> Any:
+        """Create it; return the live resource."""
+
+    def update(self, actual: Any, changes: list[Change]) -> Any:
+        """Make the owned fields right; return the live resource."""
+        raise NotImplementedError(f"{self.kind} cannot be updated in place")
+
+    def delete(self, actual: Any) -> None:
+        """Delete it (already known to exist)."""
+        raise NotImplementedError(f"{self.kind} is never deleted")
+
+    def facts(self, actual: Any) -> dict[str, Any]:
+        """Non-secret facts recorded in the state file and shared with dependent steps."""
+        return {"id": self.id()}
+
+    def planned_facts(self) -> dict[str, Any]:
+        """Facts a dry run assumes for a resource that does not exist yet."""
+        return {"id": self.id()}
+
+
+class Reporter:
+    """Receives progress events; the CLI's terminal view implements it."""
+
+    def started(self, resource: Resource, verb: str) -> None: ...
+
+    def finished(self, outcome: Outcome) -> None: ...
+
+    def failed(self, resource: Resource, error: BaseException) -> None: ...
+
+
+class StepFailed(Exception):
+    def __init__(self, failures: dict[str, BaseException], outcomes: list[Outcome]) -> None:
+        super().__init__("; ".join(f"{k}: {e}" for k, e in failures.items()))
+        self.failures = failures
+        self.outcomes = outcomes
+
+
+def order(resources: Sequence[Resource]) -> list[Resource]:
+    """Topological order (stable), refusing unknown or cyclic dependencies."""
+    by_key = {r.key: r for r in resources}
+    done: list[Resource] = []
+    seen: set[str] = set()
+    visiting: set[str] = set()
+
+    def visit(r: Resource) -> None:
+        if r.key in seen:
+            return
+        if r.key in visiting:
+            raise ValueError(f"dependency cycle at {r.key}")
+        visiting.add(r.key)
+        for dep in r.depends_on:
+            if dep in by_key:
+                visit(by_key[dep])
+        visiting.discard(r.key)
+        seen.add(r.key)
+        done.append(r)
+
+    for r in resources:
+        visit(r)
+    return done
+
+
+class Engine:
+    def __init__(self, ctx: Context, reporter: Reporter | None = None, max_workers: int = 6) -> None:
+        self.ctx = ctx
+        self.reporter = reporter or Reporter()
+        self.max_workers = max_workers
+        self._lock = threading.Lock()
+
+    # --- up ---------------------------------------------------------------------------------------------
+
+    def apply(self, resources: Sequence[Resource], *, dry_run: bool = False) -> list[Outcome]:
+        return self._run(order(resources), lambda r: self._converge(r, dry_run), reverse=False)
+
+    def _converge(self, r: Resource, dry_run: bool) -> Outcome:
+        started = time.monotonic()
+        self.reporter.started(r, "checking")
+        actual = r.find()
+        if actual is None:
+            if dry_run:
+                self.ctx.publish(r.key, r.planned_facts())
+                return Outcome(r.key, r.kind, r.id(), "would create", seconds=time.monotonic() - started)
+            self.reporter.started(r, "creating")
+            actual = r.create()
+            action: Action = "created"
+            changes: list[Change] = []
+        else:
+            if not dry_run:
+                actual = r.settle(actual)
+            changes = r.diff(actual)
+            if not changes:
+                action = "unchanged"
+            elif dry_run:
+                action = "would update"
+            else:
+                self.reporter.started(r, "updating")
+                actual = r.update(actual, changes)
+                action = "updated"
+        facts = r.facts(actual)
+        self.ctx.publish(r.key, facts)
+        if not dry_run:
+            self.ctx.state.record(r.key, facts)
+        return Outcome(r.key, r.kind, r.id(), action, changes, seconds=time.monotonic() - started)
+
+    # --- down -------------------------------------------------------------------------------------------
+
+    def destroy(self, resources: Sequence[Resource], *, delete_data: bool, dry_run: bool = False) -> list[Outcome]:
+        return self._run(order(resources), lambda r: self._remove(r, delete_data, dry_run), reverse=True)
+
+    def _remove(self, r: Resource, delete_data: bool, dry_run: bool) -> Outcome:
+        started = time.monotonic()
+        if r.kept_on_down:
+            return Outcome(r.key, r.kind, r.id(), "kept", reason=r.kept_on_down)
+        if r.holds_data and not delete_data:
+            return Outcome(r.key, r.kind, r.id(), "kept", reason="holds data; pass --delete-data to delete it")
+        self.reporter.started(r, "checking")
+        actual = r.find()
+        if actual is None:
+            if not dry_run:
+                self.ctx.state.forget(r.key)
+            return Outcome(r.key, r.kind, r.id(), "absent", seconds=time.monotonic() - started)
+        if dry_run:
+            return Outcome(r.key, r.kind, r.id(), "would delete")
+        self.reporter.started(r, "deleting")
+        r.delete(actual)
+        self.ctx.state.forget(r.key)
+        return Outcome(r.key, r.kind, r.id(), "deleted", seconds=time.monotonic() - started)
+
+    # --- scheduling -------------------------------------------------------------------------------------
+
+    def _run(self, ordered: list[Resource], step: Callable[[Resource], Outcome], *, reverse: bool) -> list[Outcome]:
+        """Run ``step`` on each resource once all it waits for are done: its dependencies (or, in reverse,
+        its dependents). A failure skips what waits on it; independent steps go on."""
+        keys = {r.key for r in ordered}
+        waits_for: dict[str, set[str]] = {r.key: {d for d in r.depends_on if d in keys} for r in ordered}
+        if reverse:
+            flipped: dict[str, set[str]] = {k: set() for k in waits_for}
+            for k, deps in waits_for.items():
+                for d in deps:
+                    flipped[d].add(k)
+            waits_for = flipped
+        by_key = {r.key: r for r in ordered}
+        position = {r.key: i for i, r in enumerate(ordered)}
+        outcomes: dict[str, Outcome] = {}
+        failures: dict[str, BaseException] = {}
+        pending = set(by_key)
+        running: dict[Future[Outcome], str] = {}
+
+        def blocked(k: str) -> bool:
+            return any(d in failures or (outcomes.get(d) and outcomes[d].action == "skipped") for d in waits_for[k])
+
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="step") as pool:
+            while pending or running:
+                ready = sorted(
+                    (k for k in pending if all(d in outcomes or d in failures for d in waits_for[k])),
+                    key=position.__getitem__,
+                )
+                for k in ready:
+                    pending.discard(k)
+                    r = by_key[k]
+                    if blocked(k):
+                        outcomes[k] = Outcome(k, r.kind, r.id(), "skipped", reason="an earlier step failed")
+                        self.reporter.finished(outcomes[k])
+                        continue
+                    running[pool.submit(step, r)] = k
+                if not running:
+                    if pending and not ready:
+                        raise RuntimeError(f"unschedulable steps: {sorted(pending)}")
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    k = running.pop(fut)
+                    try:
+                        outcomes[k] = fut.result()
+                        self.reporter.finished(outcomes[k])
+                    except Exception as exc:
+                        failures[k] = exc
+                        self.reporter.failed(by_key[k], exc)
+        result = [outcomes[r.key] for r in ordered if r.key in outcomes]
+        if reverse:
+            result.reverse()
+        if failures:
+            for k in failures:
+                r = by_key[k]
+                result.append(Outcome(k, r.kind, r.id(), "failed", reason=str(failures[k])))
+            raise StepFailed(failures, result)
+        return result
+
+
+def summarize(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.action] = counts.get(o.action, 0) + 1
+    return counts

@@ -1,0 +1,133 @@
+"""Resource names, all derived from ``name`` and ``env`` so several environments share one project (the seed
+guide's fixed secret ids collide)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+
+MANAGED_BY = "mlflow-gcp"
+
+# Services `up` enables, in one batchEnable call (the API takes at most 20).
+SERVICES = (
+    "artifactregistry.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "iam.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "sqladmin.googleapis.com",
+    "storage.googleapis.com",
+)
+
+
+@dataclass(frozen=True)
+class Names:
+    project: str
+    region: str
+    name: str
+    env: str
+    bucket: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> Names:
+        return cls(
+            project=config.project,
+            region=config.region,
+            name=config.name,
+            env=config.env,
+            bucket=config.artifacts.bucket or f"{config.project}-{config.name}-{config.env}",
+        )
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-{self.env}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"managed-by": MANAGED_BY, "mlflow-gcp-env": self.env, "mlflow-gcp-name": self.name}
+
+    # Artifact Registry
+    @property
+    def repository(self) -> str:
+        return self.prefix
+
+    @property
+    def registry_host(self) -> str:
+        return f"{self.region}-docker.pkg.dev"
+
+    @property
+    def image_repo(self) -> str:
+        return f"{self.registry_host}/{self.project}/{self.repository}/mlflow-server"
+
+    # Cloud SQL
+    @property
+    def instance(self) -> str:
+        return f"{self.prefix}-db"
+
+    @property
+    def connection_name(self) -> str:
+        return f"{self.project}:{self.region}:{self.instance}"
+
+    tracking_database = "mlflow"
+    auth_database = "mlflow_auth"
+    #: Two login roles alternate on password rotation; the first is created by `up`.
+    db_users = ("mlflow_a", "mlflow_b")
+
+    # Secret Manager
+    @property
+    def secrets(self) -> dict[str, str]:
+        return {
+            "db-password": f"{self.prefix}-db-password",
+            "admin-username": f"{self.prefix}-admin-username",
+            "admin-password": f"{self.prefix}-admin-password",
+            "flask-secret-key": f"{self.prefix}-flask-secret-key",
+        }
+
+    # IAM
+    @property
+    def runtime_account_id(self) -> str:
+        return f"{self.prefix}-run"
+
+    @property
+    def runtime_account(self) -> str:
+        return f"{self.runtime_account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def client_account_id(self) -> str:
+        return f"{self.prefix}-client"
+
+    @property
+    def client_account(self) -> str:
+        return f"{self.client_account_id}@{self.project}.iam.gserviceaccount.com"
+
+    # Cloud Run
+    @property
+    def service(self) -> str:
+        return self.prefix
+
+    @property
+    def service_path(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Names over GCP's limits, reported against the settings that produce them."""
+        out: list[tuple[str, str]] = []
+        limits = [
+            ("service account id", self.client_account_id, 6, 30),
+            ("Cloud Run service", self.service, 1, 49),
+            ("Cloud SQL instance", self.instance, 1, 98),
+            ("Artifact Registry repository", self.repository, 1, 63),
+        ]
+        for what, value, low, high in limits:
+            if not low <= len(value) <= high:
+                out.append(("name", f"{what} name {value!r} must be {low}-{high} characters: shorten name or env"))
+        if not 3 <= len(self.bucket) <= 63:
+            out.append(
+                ("artifacts.bucket", f"bucket name {self.bucket!r} must be 3-63 characters: set artifacts.bucket")
+            )
+        if self.bucket.startswith("goog") or "google" in self.bucket:
+            out.append(("artifacts.bucket", f"bucket name {self.bucket!r} may not contain 'google' or start 'goog'"))
+        return out

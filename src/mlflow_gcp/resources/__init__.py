@@ -1,0 +1,1 @@
+"""One module per GCP resource, each with the same small surface (see ``engine.Resource``)."""

@@ -1,0 +1,252 @@
+"""The state file: created resource IDs and non-secret facts, written atomically after every step, in a local
+directory or at a ``gs://`` URL; and the lock that keeps two runs on one environment from interleaving.
+
+Secrets never go here: the state holds which secret *version* is pinned, never its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, LockedError
+
+FORMAT = 1
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def lock_owner(command: str) -> dict[str, Any]:
+    return {
+        "who": f"{getpass.getuser()}@{socket.gethostname()}",
+        "pid": os.getpid(),
+        "since": _now(),
+        "command": command,
+    }
+
+
+def _describe_holder(holder: dict[str, Any], where: str) -> str:
+    return (
+        f"Another mlflow-gcp run holds the lock on this environment: {holder.get('command', '?')} by "
+        f"{holder.get('who', '?')} (pid {holder.get('pid', '?')}) since {holder.get('since', '?')} [{where}]."
+    )
+
+
+class Backend(ABC):
+    @abstractmethod
+    def read(self) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def write(self, data: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def acquire(self, owner: dict[str, Any]) -> None:
+        """Take the lock or raise LockedError naming who holds it."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+    @abstractmethod
+    def break_lock(self) -> dict[str, Any] | None:
+        """Remove a lock left by a dead run; returns what it said."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+class LocalBackend(Backend):
+    def __init__(self, directory: Path, key: str) -> None:
+        self.path = directory / f"{key}.json"
+        self.lock_path = directory / f"{key}.lock"
+        self._held = False
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ConfigError(f"State file {self.path} is corrupt: {exc}.") from None
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def acquire(self, owner: dict[str, Any]) -> None:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(self.lock_path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            raise LockedError(
+                _describe_holder(holder, str(self.lock_path)),
+                hint="Wait for it to finish. If that run died, remove the lock with --break-lock.",
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self.lock_path.unlink(missing_ok=True)
+            self._held = False
+
+    def break_lock(self) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.lock_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            holder = {}
+        self.lock_path.unlink(missing_ok=True)
+        return holder
+
+
+class GcsBackend(Backend):
+    """State in a bucket; the lock is an object created with ``ifGenerationMatch=0`` (only one creator wins) and
+    deleted with ``ifGenerationMatch=<its generation>`` (never someone else's), as Terraform's GCS backend does."""
+
+    def __init__(self, storage_client: Any, url: str, key: str) -> None:
+        bucket, _, prefix = url.removeprefix("gs://").partition("/")
+        prefix = prefix.strip("/")
+        self.url = url
+        self.bucket = storage_client.bucket(bucket)
+        base = f"{prefix}/{key}" if prefix else key
+        self.blob_name = f"{base}.json"
+        self.lock_name = f"{base}.lock"
+        self._generation: int | None = None
+
+    def describe(self) -> str:
+        return f"gs://{self.bucket.name}/{self.blob_name}"
+
+    def read(self) -> dict[str, Any] | None:
+        from google.api_core import exceptions
+
+        try:
+            return json.loads(self.bucket.blob(self.blob_name).download_as_bytes())
+        except exceptions.NotFound:
+            return None
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.bucket.blob(self.blob_name).upload_from_string(
+            json.dumps(data, indent=2, sort_keys=True), content_type="application/json"
+        )
+
+    def acquire(self, owner: dict[str, Any]) -> None:
+        from google.api_core import exceptions
+
+        blob = self.bucket.blob(self.lock_name)
+        try:
+            blob.upload_from_string(json.dumps(owner), content_type="application/json", if_generation_match=0)
+        except exceptions.PreconditionFailed:
+            try:
+                holder = json.loads(self.bucket.blob(self.lock_name).download_as_bytes())
+            except exceptions.NotFound:
+                holder = {}
+            raise LockedError(
+                _describe_holder(holder, f"gs://{self.bucket.name}/{self.lock_name}"),
+                hint="Wait for it to finish. If that run died, remove the lock with --break-lock.",
+            ) from None
+        self._generation = blob.generation
+
+    def release(self) -> None:
+        from google.api_core import exceptions
+
+        if self._generation is None:
+            return
+        try:
+            self.bucket.blob(self.lock_name).delete(if_generation_match=self._generation)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            pass  # broken by someone else; it is not ours to delete any more
+        self._generation = None
+
+    def break_lock(self) -> dict[str, Any] | None:
+        from google.api_core import exceptions
+
+        blob = self.bucket.blob(self.lock_name)
+        try:
+            holder = json.loads(blob.download_as_bytes())
+            blob.delete()
+        except exceptions.NotFound:
+            return None
+        return holder
+
+
+class State:
+    """The in-memory state of one environment; ``save()`` after every step (thread-safe)."""
+
+    def __init__(self, backend: Backend, identity: dict[str, str]) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self.data: dict[str, Any] = backend.read() or {"format": FORMAT, **identity, "resources": {}}
+        if self.data.get("format", FORMAT) > FORMAT:
+            raise ConfigError(
+                f"State file {backend.describe()} was written by a newer mlflow-gcp.", hint="Upgrade mlflow-gcp."
+            )
+        for k, v in identity.items():
+            if self.data.get(k) not in (None, v):
+                raise ConfigError(
+                    f"State file {backend.describe()} belongs to {k}={self.data[k]!r}, not {v!r}.",
+                    hint="Use another state location for this environment.",
+                )
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("resources", {})
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            value = self.resources.get(key)
+            return copy.deepcopy(value) if value is not None else None
+
+    def record(self, key: str, facts: dict[str, Any]) -> None:
+        with self._lock:
+            self.resources[key] = {**facts, "updated": _now()}
+            self._save_locked()
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            if self.resources.pop(key, None) is not None:
+                self._save_locked()
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+            self._save_locked()
+
+    def save(self) -> None:
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        self.data["updated"] = _now()
+        self.backend.write(self.data)
+
+
+def state_key(project: str, name: str, env: str) -> str:
+    return f"{project}.{name}-{env}"

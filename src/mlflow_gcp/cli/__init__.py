@@ -6,16 +6,30 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .down import down
 from .emulator import emulator
+from .env import env_command
+from .status import status
+from .up import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlflow-gcp")
-def cli() -> None:
-    """A production MLflow tracking server on Google Cloud, with one command."""
+@click.option("-v", "--verbose", count=True, help="-v shows API calls; -vv also tracebacks.")
+def cli(verbose: int) -> None:
+    """A production MLflow tracking server on Google Cloud, with one command.
+
+    \b
+    mlflow-gcp up --project my-project     create or repair the stack
+    mlflow-gcp up --local                  the same on the local GCP emulator
+    mlflow-gcp status                      every resource against what it should be
+    mlflow-gcp env                         credentials for MLflow clients
+    mlflow-gcp down                        remove it (data only with --delete-data)
+    """
 
 
-cli.add_command(emulator)
+for command in (up, status, down, env_command, emulator):
+    cli.add_command(command)
 
 
 def main() -> None:

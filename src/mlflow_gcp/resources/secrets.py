@@ -127,7 +127,8 @@ def read_secret(ctx: Any, secret: str, version: str | None = None) -> str:
     if secret in ctx.secret_values:
         return ctx.secret_values[secret]
     sm = ctx.clients.secrets
-    name = f"projects/{ctx.names.project}/secrets/{ctx.names.secrets[secret]}/versions/{version or 'latest'}"
+    version = version or ctx.fact(f"secret:{secret}", "version") or "latest"
+    name = f"projects/{ctx.names.project}/secrets/{ctx.names.secrets[secret]}/versions/{version}"
     response = ctx.api(
         f"secretmanager.versions.access {ctx.names.secrets[secret]}", sm.access_secret_version, name=name
     )

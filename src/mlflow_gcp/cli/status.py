@@ -1,0 +1,80 @@
+"""``mlflow-gcp status``: every resource, live, against what it should be; and whether the server serves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ..errors import ExitCode
+from .app import App, config_options, run_command
+
+_STATE = {"unchanged": "ok", "would create": "missing", "would update": "drifted"}
+
+
+@click.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.pass_context
+@run_command
+def status(ctx: click.Context, **params: Any) -> None:
+    """Report each resource as ok, missing or drifted (with the fields), the service URL, the pinned secret
+    versions, and whether MLflow really serves. Exit code 0 only when all is well (7 otherwise)."""
+    from ..engine import Engine, StepFailed
+    from ..health import check
+    from ..resources.secrets import read_secret
+    from ..stack import resources
+
+    app = App(params, {}, ctx.find_root().params.get("verbose", 0))
+    with app.session("status", lock=False) as run_ctx:
+        try:
+            outcomes = Engine(run_ctx).apply(resources(run_ctx), dry_run=True)
+        except StepFailed as exc:
+            outcomes = exc.outcomes
+        rows = [
+            {
+                "resource": o.key,
+                "kind": o.kind,
+                "id": o.id,
+                "state": _STATE.get(o.action, "error"),
+                "drifted_fields": [str(c) for c in o.changes],
+                "error": o.reason if o.action == "failed" else "",
+            }
+            for o in outcomes
+        ]
+        service = next((o for o in outcomes if o.key == "run"), None)
+        url = run_ctx.fact("run", "url") if service and service.action != "would create" else None
+        health = None
+        if url:
+            health = check(url, read_secret(run_ctx, "admin-username"), read_secret(run_ctx, "admin-password"))
+        secrets = {
+            key.split(":", 1)[1]: facts.get("version")
+            for key, facts in run_ctx.state.resources.items()
+            if key.startswith("secret:")
+        }
+    healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok
+    if params["as_json"]:
+        report = {
+            "ok": healthy,
+            "url": url,
+            "resources": rows,
+            "server": health.as_dict() if health else None,
+            "secret_versions": secrets,
+        }
+        click.echo(json.dumps(report, indent=2))
+    else:
+        width = max(len(r["resource"]) for r in rows)
+        for r in rows:
+            extra = "; ".join(r["drifted_fields"]) or r["error"]
+            click.echo(f"{r['state']:<8} {r['resource']:<{width}}  {r['id']}" + (f"  ({extra})" if extra else ""))
+        click.echo(f"URL: {url or '-'}")
+        if health:
+            verdict = "serving" if health.ok else "NOT serving"
+            click.echo(
+                f"Server: {verdict} (/health {health.health}, authenticated API {health.authenticated}, "
+                f"unauthenticated {health.unauthenticated}){': ' + health.detail if health.detail else ''}"
+            )
+        click.echo("Pinned secret versions: " + ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())))
+    if not healthy:
+        ctx.exit(int(ExitCode.UNHEALTHY))

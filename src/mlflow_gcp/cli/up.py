@@ -1,0 +1,57 @@
+"""``mlflow-gcp up``: provision (or repair) the whole stack, idempotently."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .app import App, config_options, run_command
+
+
+@click.command()
+@config_options
+@click.option("--image", default=None, help="Use this prebuilt server image instead of building docker/.")
+@click.option("--tier", "tier", default=None, help="Cloud SQL tier [default: db-custom-1-3840].")
+@click.option("--max-instances", type=int, default=None, help="Cloud Run max instances [default: 10].")
+@click.option("--create-client-key", is_flag=True, default=None, help="Also create a client service account key.")
+@click.option("--dry-run", is_flag=True, help="Show what would be created or changed, changing nothing.")
+@click.option("--break-lock", is_flag=True, help="Remove a lock left by a run that died, then proceed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
+@click.pass_context
+@run_command
+def up(ctx: click.Context, **params: Any) -> None:
+    """Create or repair the MLflow stack: APIs, registry, image, Cloud SQL, secrets, service account, bucket,
+    IAM and the Cloud Run service. Running it again changes nothing that is already right."""
+    from ..engine import Engine, StepFailed, summarize
+    from ..stack import resources
+
+    flags = {
+        "server.image": params["image"],
+        "database.tier": params["tier"],
+        "server.max_instances": params["max_instances"],
+        "create_client_key": params["create_client_key"],
+    }
+    app = App(params, flags, ctx.find_root().params.get("verbose", 0))
+    dry_run = params["dry_run"]
+    term = app.terminal
+    with app.session("up", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
+        what = "Planning" if dry_run else "Provisioning"
+        term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
+        with term:
+            try:
+                outcomes = Engine(run_ctx, term).apply(resources(run_ctx), dry_run=dry_run)
+            except StepFailed as exc:
+                if params["as_json"]:
+                    click.echo(json.dumps({"ok": False, "outcomes": [o.as_dict() for o in exc.outcomes]}, indent=2))
+                raise
+        url = run_ctx.state.data.get("service_url")
+    counts = summarize(outcomes)
+    summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
+    term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")
+    if url and not dry_run:
+        term.line(f"MLflow is at {url}")
+        term.line("Credentials for clients: mlflow-gcp env" + (" --local" if app.local else ""))
+    if params["as_json"]:
+        click.echo(json.dumps({"ok": True, "url": url, "outcomes": [o.as_dict() for o in outcomes]}, indent=2))

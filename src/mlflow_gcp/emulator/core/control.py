@@ -59,6 +59,8 @@ class Settings(BaseModel):
     policy_conflict_rate: float = Field(0.0, ge=0, le=1)
 
     domain_restricted_sharing: bool = False
+    #: Cloud SQL keeps a deleted instance's name reserved for a week; off lets tests reuse names at once.
+    sql_name_reuse_blocked: bool = True
 
     kill_after_mutations: int | None = Field(None, ge=1)
     kill_pid: int | None = None

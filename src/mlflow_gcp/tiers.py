@@ -1,31 +1,93 @@
-"""Cloud SQL for PostgreSQL tiers: the default ``max_connections`` Cloud SQL sets for each, by memory (Cloud SQL's
-"maximum concurrent connections" table). The server sizes its connection pools against it."""
+"""Cloud SQL for PostgreSQL machine tiers, shared by the tool and the emulator: which edition accepts which tier, their
+memory, and the
+``max_connections`` Cloud SQL sets from that memory.
+
+Editions (https://cloud.google.com/sql/docs/postgres/create-instance#machine-types):
+
+- ENTERPRISE: shared-core ``db-f1-micro`` / ``db-g1-small``, custom ``db-custom-<vCPUs>-<MiB>`` (1 or an even
+  number of vCPUs up to 96; memory a multiple of 256 MiB, at least 3840 MiB and 0.9–6.5 GiB per vCPU), and the
+  legacy predefined ``db-n1-standard-N`` / ``db-n1-highmem-N``.
+- ENTERPRISE_PLUS: only ``db-perf-optimized-N-<vCPUs>`` (8 GiB per vCPU).
+"""
 
 from __future__ import annotations
 
 import re
 
-_SHARED = {"db-f1-micro": 614, "db-g1-small": 1740}  # MB
-# (memory floor in MB, max_connections), highest first.
-_TABLE = [(122880, 1000), (61440, 800), (30720, 600), (15360, 500), (7680, 400), (6144, 200), (3840, 100)]
+SHARED_CORE_GIB = {"db-f1-micro": 0.6, "db-g1-small": 1.7}
+_CUSTOM = re.compile(r"^db-custom-(\d+)-(\d+)$")
+_N1 = re.compile(r"^db-n1-(standard|highmem)-(\d+)$")
+_PERF = re.compile(r"^db-perf-optimized-N-(\d+)$")
+_N1_VCPUS = {1, 2, 4, 8, 16, 32, 64, 96}
+_PERF_VCPUS = {2, 4, 8, 16, 32, 48, 64, 80, 96, 128}
+
+# Cloud SQL for PostgreSQL "maximum concurrent connections" by instance memory
+# (https://cloud.google.com/sql/docs/postgres/quotas#cloud-sql-for-postgresql-connection-limits):
+#
+#   memory (GiB)               max_connections
+#   0.6 (db-f1-micro)          25
+#   1.7 (db-g1-small)          50
+#   3.75 up to 6               100
+#   6 up to 7.5                200
+#   7.5 up to 15               400
+#   15 up to 30                500
+#   30 up to 60                600
+#   60 up to 120               800
+#   120 and more               1000
+#
+# Each row is (lower bound in GiB, connections); a tier takes the last row whose bound it reaches.
+MAX_CONNECTIONS_BY_MEMORY: tuple[tuple[float, int], ...] = (
+    (0.0, 25),
+    (1.7, 50),
+    (3.75, 100),
+    (6.0, 200),
+    (7.5, 400),
+    (15.0, 500),
+    (30.0, 600),
+    (60.0, 800),
+    (120.0, 1000),
+)
 
 
-def memory_mb(tier: str) -> int:
-    if tier in _SHARED:
-        return _SHARED[tier]
-    m = re.fullmatch(r"db-custom-(\d+)-(\d+)", tier)
+def _custom_memory_gib(tier: str) -> float | None:
+    m = _CUSTOM.match(tier)
     if not m:
-        raise ValueError(f"unknown tier {tier!r}")
-    return int(m.group(2))
+        return None
+    vcpus, mib = int(m.group(1)), int(m.group(2))
+    if vcpus < 1 or vcpus > 96 or (vcpus > 1 and vcpus % 2):
+        return None
+    if mib % 256 or mib < 3840 or mib < 921.6 * vcpus or mib > 6656 * vcpus:
+        return None
+    return mib / 1024
+
+
+def memory_gib(tier: str) -> float | None:
+    """The tier's memory, or None for a tier Cloud SQL for PostgreSQL does not offer."""
+    if tier in SHARED_CORE_GIB:
+        return SHARED_CORE_GIB[tier]
+    if (custom := _custom_memory_gib(tier)) is not None:
+        return custom
+    if m := _N1.match(tier):
+        kind, vcpus = m.group(1), int(m.group(2))
+        if vcpus not in _N1_VCPUS or (kind == "highmem" and vcpus == 1):
+            return None
+        return vcpus * (3.75 if kind == "standard" else 6.5)
+    if (m := _PERF.match(tier)) and int(m.group(1)) in _PERF_VCPUS:
+        return int(m.group(1)) * 8.0
+    return None
+
+
+def tier_allowed(tier: str, edition: str) -> bool:
+    if memory_gib(tier) is None:
+        return False
+    perf = bool(_PERF.match(tier))
+    return perf if edition == "ENTERPRISE_PLUS" else not perf
 
 
 def max_connections(tier: str) -> int:
-    if tier == "db-f1-micro":
-        return 25
-    if tier == "db-g1-small":
-        return 50
-    mb = memory_mb(tier)
-    for floor, connections in _TABLE:
-        if mb >= floor:
-            return connections
-    return 25
+    memory = memory_gib(tier) or 0.0
+    result = MAX_CONNECTIONS_BY_MEMORY[0][1]
+    for bound, connections in MAX_CONNECTIONS_BY_MEMORY:
+        if memory >= bound:
+            result = connections
+    return result

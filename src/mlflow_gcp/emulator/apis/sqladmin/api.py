@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from .... import tiers
 from ...core.errors import GcpError
 from ...core.http import ApiModule, ApiRequest, route
 from ...core.validation import validate_discovery
-from . import tiers
 from .postgres import (
     INSTALL_HINT,
     INTERNAL_DATABASES,

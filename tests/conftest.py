@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ def emulator() -> Iterator[Emulator]:
     emu = Emulator(data_dir).start()
     yield emu
     emu.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,7 +36,9 @@ def wait_operation(ctx: Any, op: dict[str, Any], what: str, timeout: float | Non
     return op
 
 
-def _get_or_none(ctx: Any, what: str, request: Any) -> Any | None:
+def _get_or_none(ctx: Any, what: str, request: Any, *, on_instance: bool = False) -> Any | None:
+    """GET, with NOT_FOUND as None. Calls on an instance that does not exist answer 403 notAuthorized, not 404:
+    for those (``on_instance``) a 403 means absent only if the instance itself is confirmed absent."""
     from googleapiclient.errors import HttpError
 
     try:
@@ -44,7 +46,18 @@ def _get_or_none(ctx: Any, what: str, request: Any) -> Any | None:
     except HttpError as exc:
         if http_status(exc) == 404:
             return None
+        if on_instance and http_status(exc) == 403 and not _instance_exists(ctx):
+            return None
         raise
+
+
+def _instance_exists(ctx: Any) -> bool:
+    sql = ctx.clients.sqladmin
+    n = ctx.names
+    return (
+        _get_or_none(ctx, "sqladmin.instances.get", sql.instances().get(project=n.project, instance=n.instance))
+        is not None
+    )
 
 
 class Instance(Resource):
@@ -231,6 +244,7 @@ class Database(Resource):
             self.ctx,
             f"sqladmin.databases.get {self.database}",
             sql.databases().get(project=n.project, instance=n.instance, database=self.database),
+            on_instance=True,
         )
 
     def create(self) -> Any:

@@ -75,13 +75,15 @@ class ServerImage(Resource):
         client = self.ctx.clients.docker()
         repo, tag = self.ctx.names.image_repo, self.tag
         try:
-            self.ctx.api("docker.build", lambda: None)  # log line only: builds are not retried
+            self.ctx.note(f"docker build {repo}:{tag}")
             image, _ = client.images.build(path=str(docker_dir()), tag=f"{repo}:{tag}", rm=True, platform="linux/amd64")
         except docker.errors.BuildError as exc:
             raise MlflowGcpError(f"Building the server image failed: {exc.msg}") from None
+        except docker.errors.APIError as exc:  # a Dockerfile the daemon cannot parse is refused before streaming
+            raise MlflowGcpError(f"Building the server image failed: {exc.explanation or exc}") from None
         auth = {"username": "oauth2accesstoken", "password": self.ctx.clients.access_token()}
         digest = None
-        self.ctx.api("docker.push", lambda: None)
+        self.ctx.note(f"docker push {repo}:{tag}")
         for line in client.images.push(repo, tag=tag, auth_config=auth, stream=True, decode=True):
             # docker-py does not raise on a refused push: the error is a line in the stream.
             if "errorDetail" in line or "error" in line:

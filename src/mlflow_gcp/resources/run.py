@@ -55,18 +55,17 @@ class Service(Resource):
         }
 
     def allowed_hosts(self) -> list[str]:
-        """Cloud Run's deterministic URL is known before the service exists; the legacy hashed one only after."""
+        """The service's URLs, for MLflow's Host and CORS checks. Cloud Run's deterministic URL is known before
+        the service exists; the one it reports (legacy hashed, or the emulator's) only after the first deploy."""
         n = self.ctx.names
-        hosts = []
+        urls = []
         number = self.ctx.fact("project", "number")
         if number:
-            hosts.append(f"{n.service}-{number}.{n.region}.run.app")
+            urls.append(f"https://{n.service}-{number}.{n.region}.run.app")
         url = self.ctx.state.data.get("service_url")
-        if url:
-            host = url.split("://", 1)[-1].split("/", 1)[0]
-            if host not in hosts:
-                hosts.append(host)
-        return hosts
+        if url and url.rstrip("/") not in urls:
+            urls.append(url.rstrip("/"))
+        return urls
 
     def secret_versions(self) -> dict[str, str]:
         return {env: str(self.ctx.fact(f"secret:{which}", "version")) for env, which in SECRET_ENV.items()}

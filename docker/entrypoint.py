@@ -1,0 +1,684 @@
+"""Entrypoint of the mlflow-gcp MLflow tracking server image, as Cloud Run runs it.
+
+Configuration comes only from the environment, which mlflow-gcp sets on the Cloud Run service.
+
+Secrets (Secret Manager, ``secretKeyRef``; pin versions, they are read once per instance start):
+
+- ``MLFLOW_GCP_DB_PASSWORD``: password of the Cloud SQL user.
+- ``MLFLOW_GCP_ADMIN_USERNAME`` / ``MLFLOW_GCP_ADMIN_PASSWORD``: MLflow's admin. MLflow creates this user only
+  when it does not exist yet (first start); later changes go through ``/api/2.0/mlflow/users/update-password``.
+  The password must have at least 12 characters (MLflow's rule).
+- ``MLFLOW_FLASK_SERVER_SECRET_KEY``: Flask/CSRF key, required, identical on every instance (MLflow's own name).
+
+Plain settings:
+
+- ``MLFLOW_GCP_DB_USER``: the Cloud SQL user.
+- ``MLFLOW_GCP_DB_NAME`` (default ``mlflow``): tracking and model-registry database.
+- ``MLFLOW_GCP_AUTH_DB_NAME`` (default ``mlflow_auth``): basic-auth users and permissions. It lives in
+  PostgreSQL too: MLflow's default is a sqlite file, which Cloud Run loses on every restart (and which each
+  instance would have its own copy of).
+- ``MLFLOW_GCP_CLOUDSQL_CONNECTION``: the instance's connection name, ``project:region:instance``.
+- ``MLFLOW_GCP_CLOUDSQL_DIR`` (default ``/cloudsql``): where Cloud Run mounts the Cloud SQL sockets; the socket
+  is ``<dir>/<connection name>/.s.PGSQL.5432``. Only the local emulator changes it.
+- ``MLFLOW_GCP_ARTIFACTS_DESTINATION``: ``gs://bucket[/prefix]``; artifacts are proxied through the server
+  (clients need no bucket access; the runtime service account writes).
+- ``MLFLOW_GCP_ALLOWED_HOSTS``: comma-separated service URLs (``https://svc-abc-uc.a.run.app``) or
+  ``host[:port]`` names. They feed MLflow's Host-header check (``--allowed-hosts``, plus localhost for probes
+  and local use) and its CORS check (``--cors-allowed-origins``): browsers send ``Origin`` on same-origin POSTs,
+  and MLflow blocks a state-changing request from a non-localhost origin that is not listed, which would break
+  the UI on the service URL. A bare host means ``https://host``.
+- ``MLFLOW_GCP_WORKERS`` (default 2): server worker processes per instance.
+- ``MLFLOW_GCP_MAX_INSTANCES`` (required): the service's maximum instance count (count a rollout's overlap of
+  old and new revisions in it if you want that covered too).
+- ``MLFLOW_GCP_DB_MAX_CONNECTIONS`` (required): the Cloud SQL tier's ``max_connections`` (25 for db-f1-micro).
+- ``MLFLOW_GCP_DB_RESERVED_CONNECTIONS`` (optional): connections left for everything but this service;
+  default ``max(5, 10 %)``: PostgreSQL keeps 3 for superusers, Cloud SQL's own agents and an operator's
+  psql or backup need a few more.
+- ``MLFLOW_GCP_AUTH_CACHE_TTL`` (default 60): seconds MLflow caches a successful basic-auth check
+  (``auth_cache_ttl_seconds``). Without it every authenticated request re-hashes the password (PBKDF2, 0.3–2 s
+  per request on small instances). The cost: a password changed or user deleted through one worker is still
+  accepted by the others for up to this long. ``0`` turns the cache off.
+- ``MLFLOW_GCP_DEFAULT_PERMISSION`` (default ``READ``): what a user may do on experiments and models nobody
+  granted them anything on. READ (MLflow's default) suits a team server: every user is an account the admin
+  created, reading each other's results is the point of sharing a tracking server, and writes still need
+  ownership (creators get MANAGE) or an explicit grant. ``NO_PERMISSIONS`` isolates users instead.
+- ``MLFLOW_GCP_HTTP2`` (default ``1``): serve over hypercorn, which speaks HTTP/1.1 *and* cleartext HTTP/2
+  (h2c, prior knowledge) on the same port; ``0`` runs MLflow's default uvicorn (HTTP/1.1 only).
+- ``PORT`` (default 8080): set by Cloud Run.
+
+Large artifacts. Cloud Run refuses HTTP/1 request bodies over 32 MiB (413) unless the container port is
+declared end-to-end HTTP/2 (port name ``h2c``); then the front end forwards every request to the container over
+h2c, whatever protocol the client spoke. Two ways out were weighed:
+
+- (a) h2c: serve the very app ``mlflow server`` builds over an h2c-capable server. MLflow's native FastAPI
+  artifact routes stream request bodies to a temporary file and responses back out in chunks, so one code path
+  serves every client (the Python client, the UI's upload, curl) with no size cap and no extra permission.
+- (b) ``MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD``: the client asks the server for per-part signed URLs and uploads
+  straight to GCS. On Cloud Run there is no key file, so signing goes through IAM ``signBlob`` and needs
+  ``roles/iam.serviceAccountTokenCreator`` for the runtime account on itself; it covers only uploads from
+  MLflow's Python client above a size threshold (the UI and downloads still go through the server), and it is
+  one more moving part (XML multipart API, signed-URL expiry, clock skew) to fail.
+
+(a) is the more robust one and is what this image does: with ``MLFLOW_GCP_HTTP2=1`` the server is hypercorn
+serving ``mlflow.server.auth:create_app()`` with exactly the environment ``mlflow server`` prepares. To keep that
+parity we do not rebuild the app ourselves: we run MLflow's own ``server`` command in-process and substitute only
+the step that turns its settings into the uvicorn command line (``mlflow.server._build_uvicorn_command``). The
+same app object, security middleware (allowed hosts, CORS), basic-auth app and artifact proxying result. The
+memory cost: an upload is spooled to the (in-memory) temp file system, so size the instance memory above the
+largest artifact.
+
+Process tree and secrets. ``python /app/entrypoint.py`` (PID 1) validates the configuration, writes the basic-auth
+ini file (0600, private temp directory) and runs ``python /app/entrypoint.py serve <mlflow server options>``; it
+forwards SIGTERM/SIGINT to it (Cloud Run sends SIGTERM, then SIGKILL 10 s later) and passes its output through a
+filter that masks every form of every secret. The ``serve`` process upgrades both databases in-process (no
+``mlflow db upgrade <url>`` command line carries the password) under a PostgreSQL advisory lock, since several
+instances start at once, creates the admin, then runs MLflow's ``server`` command, which starts the workers. The
+database URL reaches MLflow only through the environment (``MLFLOW_BACKEND_STORE_URI``, read by the click option)
+and the ini file; no argv in the tree contains a secret.
+
+Connection pools. Every worker has up to three SQLAlchemy engines (tracking store, model registry store, auth
+store), each sized by ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE``/``MAX_OVERFLOW``; see :func:`plan_pools`. The ``serve``
+process itself uses ``NullPool`` (no idle connection held for the life of the instance); the pool settings are put
+back just before the workers are started. Connections carry ``application_name`` ``mlflow-gcp-setup`` or
+``mlflow-gcp-worker`` (``PGAPPNAME``), so ``pg_stat_activity`` shows who holds what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote, quote_plus, urlsplit
+
+# --- environment variable names -------------------------------------------------------------------------------
+
+ENV_DB_PASSWORD = "MLFLOW_GCP_DB_PASSWORD"
+ENV_ADMIN_USERNAME = "MLFLOW_GCP_ADMIN_USERNAME"
+ENV_ADMIN_PASSWORD = "MLFLOW_GCP_ADMIN_PASSWORD"
+ENV_SECRET_KEY = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+ENV_DB_USER = "MLFLOW_GCP_DB_USER"
+ENV_DB_NAME = "MLFLOW_GCP_DB_NAME"
+ENV_AUTH_DB_NAME = "MLFLOW_GCP_AUTH_DB_NAME"
+ENV_CONNECTION = "MLFLOW_GCP_CLOUDSQL_CONNECTION"
+ENV_CLOUDSQL_DIR = "MLFLOW_GCP_CLOUDSQL_DIR"
+ENV_ARTIFACTS = "MLFLOW_GCP_ARTIFACTS_DESTINATION"
+ENV_ALLOWED_HOSTS = "MLFLOW_GCP_ALLOWED_HOSTS"
+ENV_WORKERS = "MLFLOW_GCP_WORKERS"
+ENV_MAX_INSTANCES = "MLFLOW_GCP_MAX_INSTANCES"
+ENV_MAX_CONNECTIONS = "MLFLOW_GCP_DB_MAX_CONNECTIONS"
+ENV_RESERVED_CONNECTIONS = "MLFLOW_GCP_DB_RESERVED_CONNECTIONS"
+ENV_AUTH_CACHE_TTL = "MLFLOW_GCP_AUTH_CACHE_TTL"
+ENV_DEFAULT_PERMISSION = "MLFLOW_GCP_DEFAULT_PERMISSION"
+ENV_HTTP2 = "MLFLOW_GCP_HTTP2"
+ENV_PORT = "PORT"
+
+#: Inputs that only PID 1 needs: they are not passed on to the server processes.
+SECRET_INPUTS = (ENV_DB_PASSWORD, ENV_ADMIN_USERNAME, ENV_ADMIN_PASSWORD)
+
+# MLflow's own variables this entrypoint sets for the server processes.
+MLFLOW_BACKEND_STORE_URI = "MLFLOW_BACKEND_STORE_URI"
+MLFLOW_AUTH_CONFIG_PATH = "MLFLOW_AUTH_CONFIG_PATH"
+POOL_SIZE = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
+MAX_OVERFLOW = "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"
+POOLCLASS = "MLFLOW_SQLALCHEMYSTORE_POOLCLASS"
+#: libpq's application_name, so pg_stat_activity tells the setup process's connections from the workers'.
+PGAPPNAME = "PGAPPNAME"
+APP_SETUP = "mlflow-gcp-setup"
+APP_WORKER = "mlflow-gcp-worker"
+
+DEFAULT_CLOUDSQL_DIR = "/cloudsql"
+SOCKET_NAME = ".s.PGSQL.5432"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+DEFAULT_ARTIFACT_ROOT = "mlflow-artifacts:/"
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+#: SQLAlchemy engines one worker may open: tracking store, model registry store, auth store.
+ENGINES_PER_WORKER = 3
+#: Per engine, never more than SQLAlchemy's default pool (5 + 10 overflow).
+MAX_PER_ENGINE = 15
+#: Seconds the server gives in-flight requests after SIGTERM; Cloud Run kills the container 10 s after it.
+GRACEFUL_SECONDS = 8
+#: Session-level advisory lock key taken around schema upgrades (per database, so one key serves both).
+UPGRADE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlflow-gcp/schema-upgrade").digest()[:8], "big", signed=True)
+LOG_PREFIX = "[mlflow-gcp]"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message never contains a secret."""
+
+
+def log(message: str) -> None:
+    print(f"{LOG_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+# --- connection pool sizing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many connections one worker's engines may hold, and what that adds up to."""
+
+    workers: int
+    pool_size: int
+    max_overflow: int
+    #: Connections available to the whole service: max_connections minus the reserve.
+    budget: int
+    #: Most connections one instance can hold (workers × engines × (pool + overflow)).
+    per_instance: int
+
+    @property
+    def per_engine(self) -> int:
+        return self.pool_size + self.max_overflow
+
+
+def default_reserve(max_connections: int) -> int:
+    return max(5, math.ceil(max_connections * 0.1))
+
+
+def plan_pools(
+    *,
+    max_connections: int,
+    max_instances: int,
+    workers: int,
+    reserve: int | None = None,
+    engines_per_worker: int = ENGINES_PER_WORKER,
+) -> PoolPlan:
+    """Size the SQLAlchemy pools so that ``max_instances × workers × engines × (pool + overflow)`` stays within
+    ``max_connections - reserve``.
+
+    Each engine gets at least ``pool_size=1, max_overflow=1``: MLflow passes these settings to SQLAlchemy only
+    when they are truthy, so a 0 silently becomes SQLAlchemy's default (5 / 10). When the requested workers do
+    not fit, fewer workers are planned (never 0): a server with fewer workers beats one whose connections run
+    out under load. When even one worker does not fit, ConfigError says what to change.
+    """
+    if max_connections < 1 or max_instances < 1 or workers < 1 or engines_per_worker < 1:
+        raise ConfigError("max_connections, max_instances, workers and engines must be positive")
+    reserve = default_reserve(max_connections) if reserve is None else reserve
+    if reserve < 0:
+        raise ConfigError("the reserved connection count must not be negative")
+    budget = max_connections - reserve
+    per_instance_budget = budget // max_instances if budget > 0 else 0
+    min_per_worker = engines_per_worker * 2
+    fitting_workers = min(workers, per_instance_budget // min_per_worker)
+    if fitting_workers < 1:
+        raise ConfigError(
+            f"{max_instances} instance(s) cannot share {max_connections} database connections "
+            f"({reserve} reserved): each instance needs at least {min_per_worker} "
+            f"({engines_per_worker} pools of 2) but would get {per_instance_budget}. Lower the maximum instance "
+            "count or pick a database tier with more connections."
+        )
+    per_engine = min(MAX_PER_ENGINE, per_instance_budget // (fitting_workers * engines_per_worker))
+    # A small steady pool and a larger overflow: idle instances then hold few connections.
+    pool_size = max(1, per_engine // 3)
+    max_overflow = per_engine - pool_size
+    return PoolPlan(
+        workers=fitting_workers,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        budget=budget,
+        per_instance=fitting_workers * engines_per_worker * per_engine,
+    )
+
+
+# --- database URLs and the auth ini file ----------------------------------------------------------------------
+
+
+def postgres_url(user: str, password: str, database: str, socket_dir: str) -> str:
+    """A SQLAlchemy URL reaching PostgreSQL over the unix socket in ``socket_dir``; every part URL-quoted."""
+    return (
+        f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}@/{quote(database, safe='')}"
+        f"?host={quote(socket_dir, safe='/')}"
+    )
+
+
+def ini_escape(value: str) -> str:
+    """A value as configparser (with its default BasicInterpolation) will read it back unchanged."""
+    if "\n" in value or "\r" in value:
+        raise ConfigError("auth settings must not contain line breaks")
+    if value != value.strip():
+        # configparser strips values: such a value would not be read back as written.
+        raise ConfigError("auth settings must not start or end with whitespace")
+    return value.replace("%", "%%")
+
+
+def auth_ini(
+    *,
+    database_uri: str,
+    admin_username: str,
+    admin_password: str,
+    default_permission: str,
+    auth_cache_ttl_seconds: int,
+) -> str:
+    """The basic-auth configuration MLflow reads from ``MLFLOW_AUTH_CONFIG_PATH``."""
+    settings = {
+        "default_permission": default_permission,
+        "database_uri": database_uri,
+        "admin_username": admin_username,
+        "admin_password": admin_password,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": str(auth_cache_ttl_seconds),
+    }
+    lines = ["[mlflow]"] + [f"{key} = {ini_escape(value)}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_private_file(directory: Path, name: str, content: str) -> Path:
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(content)
+    return path
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise ConfigError(f"{name} is not set")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int | None, minimum: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        if default is None:
+            raise ConfigError(f"{name} is not set")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def hosts_and_origins(spec: str) -> tuple[list[str], list[str]]:
+    """``--allowed-hosts`` and ``--cors-allowed-origins`` entries for comma-separated service URLs or hosts,
+    with localhost (any port) admitted for probes and local use."""
+    hosts: list[str] = []
+    origins: list[str] = []
+    for raw in (part.strip() for part in spec.split(",")):
+        if not raw:
+            continue
+        if "://" in raw:
+            parts = urlsplit(raw)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"{ENV_ALLOWED_HOSTS}: not a service URL or host: {raw!r}")
+            scheme, netloc = parts.scheme, parts.netloc.lower()
+        else:
+            if "/" in raw:
+                raise ConfigError(f"{ENV_ALLOWED_HOSTS}: not a service URL or host: {raw!r}")
+            scheme, netloc = "https", raw.lower()
+        hosts.append(netloc)
+        if "*" not in netloc:
+            origins.append(f"{scheme}://{netloc}")
+    local = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*"]
+    return list(dict.fromkeys(hosts + local)), list(dict.fromkeys(origins))
+
+
+@dataclass(frozen=True)
+class Config:
+    db_user: str
+    db_password: str
+    db_name: str
+    auth_db_name: str
+    connection_name: str
+    cloudsql_dir: str
+    artifacts_destination: str
+    allowed_hosts: list[str]
+    cors_origins: list[str]
+    admin_username: str
+    admin_password: str
+    secret_key: str
+    workers: int
+    max_instances: int
+    max_connections: int
+    reserved_connections: int | None
+    auth_cache_ttl: int
+    default_permission: str
+    http2: bool
+    port: int
+
+    @property
+    def socket_dir(self) -> str:
+        return f"{self.cloudsql_dir.rstrip('/') or '/'}/{self.connection_name}".replace("//", "/")
+
+    @property
+    def tracking_uri(self) -> str:
+        return postgres_url(self.db_user, self.db_password, self.db_name, self.socket_dir)
+
+    @property
+    def auth_uri(self) -> str:
+        return postgres_url(self.db_user, self.db_password, self.auth_db_name, self.socket_dir)
+
+    def secrets(self) -> list[str]:
+        """Every secret and the encoded forms it takes in URLs and the ini file, for log masking."""
+        forms: set[str] = set()
+        for secret in (self.db_password, self.admin_password, self.secret_key):
+            if not secret:
+                continue
+            # Ours, urllib's default, SQLAlchemy's URL rendering (safe=" +") and form encoding.
+            for form in (secret, quote(secret, safe=""), quote(secret), quote(secret, safe=" +"), quote_plus(secret)):
+                forms.update({form, form.replace("%", "%%")})
+        # Longest first, so a secret containing another is masked whole.
+        return sorted(forms, key=len, reverse=True)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        connection = _required(env, ENV_CONNECTION)
+        if "/" in connection or "\0" in connection or connection.count(":") < 2:
+            raise ConfigError(f"{ENV_CONNECTION} must look like project:region:instance, got {connection!r}")
+        artifacts = _required(env, ENV_ARTIFACTS)
+        if not artifacts.startswith("gs://") or len(artifacts) <= len("gs://"):
+            raise ConfigError(f"{ENV_ARTIFACTS} must be a gs://bucket[/prefix] URI, got {artifacts!r}")
+        permission = env.get(ENV_DEFAULT_PERMISSION, "") or "READ"
+        if permission not in PERMISSIONS:
+            raise ConfigError(f"{ENV_DEFAULT_PERMISSION} must be one of {', '.join(PERMISSIONS)}")
+        hosts, origins = hosts_and_origins(env.get(ENV_ALLOWED_HOSTS, ""))
+        reserved_raw = env.get(ENV_RESERVED_CONNECTIONS, "")
+        config = cls(
+            db_user=_required(env, ENV_DB_USER),
+            db_password=_required(env, ENV_DB_PASSWORD),
+            db_name=env.get(ENV_DB_NAME, "") or "mlflow",
+            auth_db_name=env.get(ENV_AUTH_DB_NAME, "") or "mlflow_auth",
+            connection_name=connection,
+            cloudsql_dir=env.get(ENV_CLOUDSQL_DIR, "") or DEFAULT_CLOUDSQL_DIR,
+            artifacts_destination=artifacts.rstrip("/"),
+            allowed_hosts=hosts,
+            cors_origins=origins,
+            admin_username=_required(env, ENV_ADMIN_USERNAME),
+            admin_password=_required(env, ENV_ADMIN_PASSWORD),
+            secret_key=_required(env, ENV_SECRET_KEY),
+            workers=_integer(env, ENV_WORKERS, 2, 1),
+            max_instances=_integer(env, ENV_MAX_INSTANCES, None, 1),
+            max_connections=_integer(env, ENV_MAX_CONNECTIONS, None, 1),
+            reserved_connections=_integer(env, ENV_RESERVED_CONNECTIONS, 0, 0) if reserved_raw else None,
+            auth_cache_ttl=_integer(env, ENV_AUTH_CACHE_TTL, 60, 0),
+            default_permission=permission,
+            http2=_flag(env, ENV_HTTP2, True),
+            port=_integer(env, ENV_PORT, 8080, 1),
+        )
+        socket_path = f"{config.socket_dir}/{SOCKET_NAME}"
+        if len(socket_path.encode()) > MAX_SOCKET_PATH:
+            raise ConfigError(f"the Cloud SQL socket path is longer than {MAX_SOCKET_PATH} bytes: {socket_path}")
+        return config
+
+    def pool_plan(self) -> PoolPlan:
+        return plan_pools(
+            max_connections=self.max_connections,
+            max_instances=self.max_instances,
+            workers=self.workers,
+            reserve=self.reserved_connections,
+        )
+
+
+def server_args(config: Config, workers: int) -> list[str]:
+    """``mlflow server`` options: nothing secret (the database URL travels in the environment)."""
+    args = [
+        "--app-name",
+        "basic-auth",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.port),
+        "--workers",
+        str(workers),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        config.artifacts_destination,
+        "--default-artifact-root",
+        DEFAULT_ARTIFACT_ROOT,
+        "--allowed-hosts",
+        ",".join(config.allowed_hosts),
+    ]
+    if config.cors_origins:
+        args += ["--cors-allowed-origins", ",".join(config.cors_origins)]
+    return args
+
+
+def server_env(base: Mapping[str, str], config: Config, plan: PoolPlan, auth_config_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k not in SECRET_INPUTS}
+    # MLflow lets these override the ini file; the ini file is the one source of the admin's credentials.
+    env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    env.pop(POOLCLASS, None)
+    env.update(
+        {
+            MLFLOW_BACKEND_STORE_URI: config.tracking_uri,
+            MLFLOW_AUTH_CONFIG_PATH: str(auth_config_path),
+            POOL_SIZE: str(plan.pool_size),
+            MAX_OVERFLOW: str(plan.max_overflow),
+            ENV_HTTP2: "1" if config.http2 else "0",
+            PGAPPNAME: APP_SETUP,
+            # Background jobs need their own processes and connections, outside the pool budget, and Cloud Run
+            # throttles CPU outside requests; usage telemetry is not this server's business.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+# --- PID 1: supervise and mask ---------------------------------------------------------------------------------
+
+
+class Masker:
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = [s.encode() for s in secrets if s]
+
+    def __call__(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret, b"***")
+        return data
+
+
+def _pump(source: IO[bytes], sink: IO[bytes], mask: Callable[[bytes], bytes]) -> None:
+    for line in iter(source.readline, b""):
+        try:
+            sink.write(mask(line))
+            sink.flush()
+        except (OSError, ValueError):
+            pass
+    source.close()
+
+
+def supervise(argv: list[str], env: dict[str, str], mask: Callable[[bytes], bytes]) -> int:
+    """Run ``argv`` with its output masked, forwarding SIGTERM/SIGINT; its exit status."""
+    proc: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if proc is None:
+            pending.append(signum)
+        elif proc.poll() is None:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for signum in pending:
+        proc.send_signal(signum)
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout.buffer, mask), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr.buffer, mask), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    returncode = proc.wait()
+    for t in pumps:
+        # A worker orphaned by a crash could hold the pipe open forever: do not wait for it.
+        t.join(timeout=5)
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def main() -> int:
+    try:
+        config = Config.from_env(os.environ)
+        plan = config.pool_plan()
+    except ConfigError as exc:
+        log(f"configuration error: {exc}")
+        return 2
+    mask = Masker(config.secrets())
+    if plan.workers < config.workers:
+        log(
+            f"only {plan.workers} of {config.workers} workers fit the database connection budget "
+            f"({plan.budget} connections over {config.max_instances} instances); running {plan.workers}"
+        )
+    log(
+        f"database {config.db_name} (auth: {config.auth_db_name}) as {config.db_user} via {config.socket_dir}; "
+        f"artifacts {config.artifacts_destination}; {'hypercorn, HTTP/1.1 + h2c' if config.http2 else 'uvicorn'}; "
+        f"{plan.workers} workers, pools {plan.pool_size}+{plan.max_overflow} per engine, at most "
+        f"{plan.per_instance} connections per instance ({plan.budget} for {config.max_instances} instances)"
+    )
+    private_dir = Path(tempfile.mkdtemp(prefix="mlflow-gcp-"))  # 0700
+    try:
+        try:
+            ini = auth_ini(
+                database_uri=config.auth_uri,
+                admin_username=config.admin_username,
+                admin_password=config.admin_password,
+                default_permission=config.default_permission,
+                auth_cache_ttl_seconds=config.auth_cache_ttl,
+            )
+        except ConfigError as exc:
+            log(f"configuration error: {exc}")
+            return 2
+        ini_path = write_private_file(private_dir, "basic_auth.ini", ini)
+        env = server_env(os.environ, config, plan, ini_path)
+        argv = [sys.executable, os.path.abspath(__file__), "serve", *server_args(config, plan.workers)]
+        return supervise(argv, env, mask)
+    finally:
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+# --- the serve process: upgrade under a lock, then MLflow's own server command ---------------------------------
+
+
+def _with_advisory_lock(url: str, what: str, action: Callable[[], None]) -> None:
+    """Run ``action`` while holding this database's upgrade lock (released with the session, even on a crash)."""
+    import sqlalchemy
+    from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
+
+    engine = create_sqlalchemy_engine_with_retry(url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            key = {"key": UPGRADE_LOCK_KEY}
+            if not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                log(f"another instance is upgrading the {what} database; waiting for it")
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                action()
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+    finally:
+        engine.dispose()
+
+
+def upgrade_tracking_db(url: str) -> None:
+    """``mlflow db upgrade``, in-process."""
+    import mlflow.db
+
+    assert mlflow.db.upgrade.callback is not None
+    mlflow.db.upgrade.callback(url)
+
+
+def bootstrap_auth_db() -> None:
+    """What the basic-auth app does on start (migrate the auth schema, create the admin if missing)."""
+    from mlflow.server.auth import bootstrap_admin_user
+
+    bootstrap_admin_user()
+
+
+def hypercorn_command(host: str, port: int, workers: int, app: str, is_factory: bool) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--graceful-timeout",
+        str(GRACEFUL_SECONDS),
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "-",
+        f"{app}()" if is_factory else app,
+    ]
+
+
+def serve(args: list[str]) -> int:
+    # This process needs the database only briefly: hold no idle connection for the life of the instance.
+    worker_pool = {k: os.environ.pop(k) for k in (POOL_SIZE, MAX_OVERFLOW) if k in os.environ}
+    os.environ[POOLCLASS] = "NullPool"
+
+    import mlflow.server
+    from mlflow.cli import server as server_command
+
+    tracking_uri = os.environ[MLFLOW_BACKEND_STORE_URI]
+    from mlflow.server.auth import auth_config
+
+    _with_advisory_lock(tracking_uri, "tracking", lambda: upgrade_tracking_db(tracking_uri))
+    _with_advisory_lock(auth_config.database_uri, "auth", bootstrap_auth_db)
+
+    http2 = _flag(os.environ, ENV_HTTP2, True)
+    # The one step of `mlflow server` we substitute (its uvicorn command line). It exists in the pinned MLflow;
+    # tests/server checks that the workers really run hypercorn and with their pools, should a new MLflow stop
+    # calling it.
+    build_uvicorn = getattr(mlflow.server, "_build_uvicorn_command", None)
+    if build_uvicorn is None:
+        log("this MLflow has no mlflow.server._build_uvicorn_command: use the version docker/requirements.txt pins")
+        return 1
+
+    def build_command(
+        uvicorn_opts: str | None,
+        host: str,
+        port: int,
+        workers: int,
+        app_name: str,
+        env_file: str | None = None,
+        is_factory: bool = False,
+    ) -> list[str]:
+        # Called once the stores are initialised, right before the workers start: give them their pools.
+        os.environ.pop(POOLCLASS, None)
+        os.environ.update(worker_pool)
+        os.environ[PGAPPNAME] = APP_WORKER
+        if http2:
+            return hypercorn_command(host, port, workers, app_name, is_factory)
+        return build_uvicorn(uvicorn_opts, host, port, workers, app_name, env_file, is_factory)
+
+    mlflow.server._build_uvicorn_command = build_command
+    server_command.main(args=args, prog_name="mlflow server")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        sys.exit(serve(sys.argv[2:]))
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""`python -m mlflow_gcp` is `mlflow-gcp`."""
+
+from .cli import main
+
+main()

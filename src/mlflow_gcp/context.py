@@ -49,6 +49,11 @@ class Context:
             facts = self.state.get(key) or {}
         return facts.get(name, default)
 
+    def note(self, what: str) -> None:
+        """Log a call that is not retried (a docker build or push)."""
+        if self._log:
+            self._log(what)
+
     def api(
         self,
         what: str,

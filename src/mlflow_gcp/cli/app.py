@@ -70,7 +70,14 @@ class App:
             if not url:
                 from ..emulator.daemon import default_data_dir, start_daemon
 
-                url = start_daemon(default_data_dir())["base_url"]
+                try:
+                    url = start_daemon(default_data_dir())["base_url"]
+                except RuntimeError as exc:
+                    raise MlflowGcpError(
+                        f"Could not start the local GCP emulator: {exc}",
+                        hint="If another emulator runs (e.g. with another --data-dir), set MLFLOW_GCP_EMULATOR_URL to "
+                        "its URL or MLFLOW_GCP_EMULATOR_DIR to its data directory.",
+                    ) from None
             self.terminal.line(f"Using the local GCP emulator at {url}", level=1)
         return Clients(self.config.project, url)
 

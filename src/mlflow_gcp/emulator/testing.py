@@ -47,6 +47,18 @@ class EmulatorAdmin:
     def mutations(self, since: int = 0) -> list[dict[str, Any]]:
         return [e for e in self.requests(since) if e["mutating"]]
 
+    def run_stats(self, service: str) -> dict[str, Any]:
+        """Requests a Cloud Run service's front end answered: ``{"requests": N, "by_status": {"200": n}}``."""
+        r = self.http.get(self._url("run/stats"), params={"service": service}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def run_processes(self) -> dict[str, Any]:
+        """The Cloud Run revision processes running now, by revision name (pid, port, ready, alive, log)."""
+        r = self.http.get(self._url("run/processes"), timeout=10)
+        r.raise_for_status()
+        return r.json()
+
 
 class Clients:
     """Official client libraries aimed at the emulator at ``base_url``."""

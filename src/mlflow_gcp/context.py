@@ -37,6 +37,8 @@ class Context:
         self._lock = threading.Lock()
         #: Secret values created in this run, by secret key; never written anywhere.
         self.secret_values: dict[str, str] = {}
+        #: Set once the APIs step saw every service enabled: later SERVICE_DISABLED answers are propagation delay.
+        self.services_enabled = False
 
     def publish(self, key: str, facts: dict[str, Any]) -> None:
         with self._lock:
@@ -65,4 +67,4 @@ class Context:
         """Make one API call with the retry policy, logging ``what`` (never arguments: they may hold secrets)."""
         if self._log:
             self._log(what)
-        return retry.policy(self.deadline, also=retry_on)(fn)(*args, **kwargs)
+        return retry.policy(self.deadline, also=retry_on, services_enabled=self.services_enabled)(fn)(*args, **kwargs)

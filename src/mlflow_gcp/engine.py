@@ -69,6 +69,8 @@ class Resource(ABC):
     holds_data: ClassVar[bool] = False
     #: Shared with things outside the stack (enabled APIs): `down` never removes it.
     kept_on_down: ClassVar[str] = ""
+    #: Goes away with this other resource (a database with its instance): when both are deleted, only that one is.
+    deleted_with: ClassVar[str] = ""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -158,6 +160,7 @@ class Engine:
         self.reporter = reporter or Reporter()
         self.max_workers = max_workers
         self._lock = threading.Lock()
+        self._keys: set[str] = set()
 
     # --- up ---------------------------------------------------------------------------------------------
 
@@ -167,7 +170,17 @@ class Engine:
     def _converge(self, r: Resource, dry_run: bool) -> Outcome:
         started = time.monotonic()
         self.reporter.started(r, "checking")
-        actual = r.find()
+        try:
+            actual = r.find()
+        except Exception as exc:
+            from .retry import is_service_disabled
+
+            if not (dry_run and is_service_disabled(exc)):
+                raise
+            # Its API is off, so nothing of it can be seen: it would be created once `up` enables the API.
+            self.ctx.publish(r.key, r.planned_facts())
+            return Outcome(r.key, r.kind, r.id(), "would create", reason="its API is not enabled",
+                           seconds=time.monotonic() - started)  # fmt: skip
         if actual is None:
             if dry_run:
                 self.ctx.publish(r.key, r.planned_facts())
@@ -197,6 +210,7 @@ class Engine:
     # --- down -------------------------------------------------------------------------------------------
 
     def destroy(self, resources: Sequence[Resource], *, delete_data: bool, dry_run: bool = False) -> list[Outcome]:
+        self._keys = {r.key for r in resources}
         return self._run(order(resources), lambda r: self._remove(r, delete_data, dry_run), reverse=True)
 
     def _remove(self, r: Resource, delete_data: bool, dry_run: bool) -> Outcome:
@@ -205,6 +219,11 @@ class Engine:
             return Outcome(r.key, r.kind, r.id(), "kept", reason=r.kept_on_down)
         if r.holds_data and not delete_data:
             return Outcome(r.key, r.kind, r.id(), "kept", reason="holds data; pass --delete-data to delete it")
+        if r.deleted_with and delete_data and r.deleted_with in self._keys:
+            if not dry_run:
+                self.ctx.state.forget(r.key)
+            return Outcome(r.key, r.kind, r.id(), "would delete" if dry_run else "deleted",
+                           reason=f"with {r.deleted_with}")  # fmt: skip
         self.reporter.started(r, "checking")
         actual = r.find()
         if actual is None:

@@ -77,12 +77,11 @@ def is_service_disabled(exc: BaseException) -> bool:
 
 
 def is_eventually_consistent(exc: BaseException) -> bool:
-    """Errors that go away on their own shortly after a change we made: an API just enabled, a service account
-    just created (IAM cannot see it yet), a Cloud SQL instance busy with our previous operation."""
+    """Errors that go away on their own shortly after a change we made: a service account just created (IAM
+    cannot see it yet), a Cloud SQL instance busy with our previous operation. (SERVICE_DISABLED is one too, but
+    only once we know the API was enabled: see ``policy``.)"""
     status = http_status(exc)
     text = error_text(exc)
-    if is_service_disabled(exc):
-        return True
     if status == 400 and "Service account" in text and "does not exist" in text:
         return True
     return status in (409, 403) and (
@@ -90,11 +89,22 @@ def is_eventually_consistent(exc: BaseException) -> bool:
     )
 
 
-def policy(deadline: float = 300.0, *, also: Callable[[BaseException], bool] | None = None) -> Retry:
-    """Exponential backoff with jitter (google-api-core adds it), bounded by ``deadline`` seconds."""
+def policy(
+    deadline: float = 300.0,
+    *,
+    also: Callable[[BaseException], bool] | None = None,
+    services_enabled: bool = False,
+) -> Retry:
+    """Exponential backoff with jitter (google-api-core adds it), bounded by ``deadline`` seconds.
+    ``services_enabled``: the APIs are known to be enabled, so SERVICE_DISABLED is propagation delay, not a fact."""
 
     def predicate(exc: BaseException) -> bool:
-        return is_transient(exc) or is_eventually_consistent(exc) or bool(also and also(exc))
+        return (
+            is_transient(exc)
+            or is_eventually_consistent(exc)
+            or (services_enabled and is_service_disabled(exc))
+            or bool(also and also(exc))
+        )
 
     return Retry(predicate=predicate, initial=0.5, maximum=10.0, multiplier=2.0, timeout=deadline)
 

@@ -75,12 +75,12 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     assert cli("status").code == 0
 
     # --- drift behind the tool's back: reported, then repaired --------------------------------------------
-    sm = clients.secret_manager()
-    sm.delete_secret(name=f"projects/{cli.project}/secrets/mlflow-dev-flask-secret-key")
     run_api = clients.run_services()
     service = run_api.get_service(name=f"projects/{cli.project}/locations/us-central1/services/mlflow-dev")
     service.template.scaling.max_instance_count = 3
     run_api.update_service(service=service).result(timeout=300)
+    sm = clients.secret_manager()
+    sm.delete_secret(name=f"projects/{cli.project}/secrets/mlflow-dev-flask-secret-key")
     rm = clients.projects()
     policy = rm.get_iam_policy(request={"resource": f"projects/{cli.project}"})
     for binding in policy.bindings:

@@ -49,4 +49,5 @@ class EnabledApis(Resource):
         return {s: True for s in SERVICES}
 
     def facts(self, actual: Any) -> dict[str, Any]:
+        self.ctx.services_enabled = all(actual.get(s) for s in SERVICES)
         return {"id": self.id(), "services": list(SERVICES)}

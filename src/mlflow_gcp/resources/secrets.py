@@ -138,6 +138,8 @@ def read_secret(ctx: Any, secret: str, version: str | None = None) -> str:
 class DbPassword(Secret):
     key = "secret:db-password"
     secret = "db-password"
+    # The only way into the kept database: kept with the data.
+    holds_data = True
 
 
 class AdminUsername(Secret):

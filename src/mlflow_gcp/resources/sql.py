@@ -232,6 +232,7 @@ class Instance(Resource):
 class Database(Resource):
     kind = "Cloud SQL database"
     holds_data = True
+    deleted_with = "sql:instance"
     database: str
 
     def id(self) -> str:
@@ -287,6 +288,9 @@ class User(Resource):
 
     key = "sql:user"
     kind = "Cloud SQL user"
+    # It owns the tables: kept with the data (dropping it would fail, and orphan the kept database).
+    holds_data = True
+    deleted_with = "sql:instance"
     depends_on = ("sql:instance", "sql:db-auth", "secret:db-password")
 
     @property

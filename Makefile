@@ -8,7 +8,7 @@ install:
 
 test: install
 	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/pytest -n 2
+	.venv/bin/pytest -n 2 --dist loadfile
 
 lint:
 	.venv/bin/ruff check src tests benchmarks
@@ -16,3 +16,7 @@ lint:
 
 emulator: install
 	.venv/bin/mlflow-gcp emulator start
+
+up-local: install
+	.venv/bin/mlflow-gcp up --local
+	@echo 'Use it:  eval "$$(.venv/bin/mlflow-gcp env --local)"  then any MLflow client.'

@@ -119,14 +119,23 @@ def test_mlflow_ignores_a_zero_pool_setting(monkeypatch):
 # --- unit: URLs, the ini file, masking, configuration ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("password", [DB_PASSWORD, "%(here)s;#=x", "плохой пароль ✓", "a+b c&d?e#f"])
+# Fixed ids: the random parts of the secrets must not leak into test ids (xdist workers must collect the same ids).
+@pytest.mark.parametrize(
+    "password",
+    [DB_PASSWORD, "%(here)s;#=x", "плохой пароль ✓", "a+b c&d?e#f"],
+    ids=["db-password", "interpolation", "unicode", "url-specials"],
+)
 def test_postgres_url_round_trips_through_sqlalchemy(password):
     url = sqlalchemy.engine.make_url(ep.postgres_url("us@er", password, "my db", "/cloudsql/p:us-central1:i"))
     assert (url.username, url.password, url.database) == ("us@er", password, "my db")
     assert url.query == {"host": "/cloudsql/p:us-central1:i"} and url.host is None
 
 
-@pytest.mark.parametrize("password", [ADMIN_PASSWORD, "100%(x)s%%", "#;= :%", "ends-with-%"])
+@pytest.mark.parametrize(
+    "password",
+    [ADMIN_PASSWORD, "100%(x)s%%", "#;= :%", "ends-with-%"],
+    ids=["admin-password", "percent-format", "ini-specials", "trailing-percent"],
+)
 def test_auth_ini_is_read_back_unchanged_by_mlflow(tmp_path, monkeypatch, password):
     from mlflow.server.auth.config import read_auth_config
 

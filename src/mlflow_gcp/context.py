@@ -56,6 +56,13 @@ class Context:
         if self._log:
             self._log(what)
 
+    def wait(self, operation: Any, what: str, timeout: float | None = None) -> Any:
+        """Wait for a google.longrunning operation; transient errors of its polling calls are retried too."""
+        if self._log:
+            self._log(f"{what} (waiting for the operation)")
+        policy = retry.policy(self.deadline, services_enabled=self.services_enabled)
+        return operation.result(timeout=timeout or self.deadline, retry=policy)
+
     def api(
         self,
         what: str,

@@ -43,7 +43,7 @@ class EnabledApis(Resource):
             su.batch_enable_services,
             request={"parent": f"projects/{self.ctx.names.project}", "service_ids": disabled},
         )
-        op.result(timeout=self.ctx.deadline)
+        self.ctx.wait(op, self.kind)
         # Calls to a just-enabled API can still answer SERVICE_DISABLED for a while; every later call retries
         # on that (see retry.is_eventually_consistent).
         return {s: True for s in SERVICES}

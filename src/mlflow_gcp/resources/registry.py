@@ -52,7 +52,7 @@ class Repository(Resource):
                 repository=repo,
                 repository_id=n.repository,
             )
-            return op.result(timeout=self.ctx.deadline)
+            return self.ctx.wait(op, self.kind)
         except exceptions.Conflict:  # created by a run that died before recording it
             return self.find()
 
@@ -73,7 +73,7 @@ class Repository(Resource):
     def delete(self, actual: Any) -> None:
         ar = self.ctx.clients.artifact_registry
         op = self.ctx.api("artifactregistry.repositories.delete", ar.delete_repository, name=self.id())
-        op.result(timeout=self.ctx.deadline)
+        self.ctx.wait(op, self.kind)
 
     def facts(self, actual: Any) -> dict[str, Any]:
         return {"id": self.id(), "host": self.ctx.names.registry_host}

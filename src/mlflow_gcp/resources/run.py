@@ -180,7 +180,7 @@ class Service(Resource):
             )
         except exceptions.Conflict:  # created by a run that died before recording it
             return self.update(self.find(), [])
-        service = op.result(timeout=self.ctx.deadline)
+        service = self.ctx.wait(op, self.kind)
         return self._after_deploy(service)
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
@@ -191,7 +191,7 @@ class Service(Resource):
         labels.update(service.labels)
         service.labels = labels
         op = self.ctx.api("run.services.update", run.update_service, service=service)
-        return self._after_deploy(op.result(timeout=self.ctx.deadline))
+        return self._after_deploy(self.ctx.wait(op, self.kind))
 
     def _after_deploy(self, service: Any) -> Any:
         """Record the URL; if the server must also accept a host only known now, roll once more."""
@@ -204,7 +204,7 @@ class Service(Resource):
     def delete(self, actual: Any) -> None:
         run = self.ctx.clients.run_services
         op = self.ctx.api("run.services.delete", run.delete_service, name=self.id())
-        op.result(timeout=self.ctx.deadline)
+        self.ctx.wait(op, self.kind)
         self.ctx.state.set("service_url", None)
 
     def facts(self, actual: Any) -> dict[str, Any]:

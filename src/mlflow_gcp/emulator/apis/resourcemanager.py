@@ -26,7 +26,7 @@ class ResourceManagerApi(ApiModule):
         key = self.policy_resource(project)
         if self.world.store.get(self.world.iam.KIND, key) is None:
             # A new project's policy names its creator as owner.
-            self.world.iam.set(key, {"bindings": [{"role": "roles/owner", "members": [OWNER]}]})
+            self.world.iam.set(key, {"bindings": [{"role": "roles/owner", "members": [OWNER]}]}, initial=True)
         return self.world.iam.get(key)
 
     @route("GET", "/v3/projects/{project}", name="projects.get")

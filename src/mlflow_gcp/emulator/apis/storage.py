@@ -659,7 +659,9 @@ class StorageApi(ApiModule):
                 raise GcpError(409, message, "ALREADY_EXISTS", reason="conflict")
             self.world.store.put(BUCKET_KIND, name, bucket)
             ubla = bucket["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"]
-            self.world.iam.set(self.policy_resource(name), self._default_policy(project["projectId"], ubla))
+            self.world.iam.set(
+                self.policy_resource(name), self._default_policy(project["projectId"], ubla), initial=True
+            )
         if delay := self.world.control.delay("storage.bucket"):
             time.sleep(delay)
         return self._render_bucket(req, bucket)

@@ -61,7 +61,10 @@ class IamPolicies:
         policy: dict[str, Any],
         *,
         stale_etag_error: Callable[[], GcpError] | None = None,
+        initial: bool = False,
     ) -> dict[str, Any]:
+        """Write a policy. ``initial``: the emulator itself creates a resource's first policy (no client wrote it,
+        so no injected concurrent-change conflict)."""
         policy = copy.deepcopy(policy)
         bindings = policy.get("bindings", [])
         for binding in bindings:
@@ -75,7 +78,7 @@ class IamPolicies:
             etag = policy.get("etag")
             if etag and etag != current["etag"]:
                 raise (stale_etag_error or _concurrent_change)()
-            if self.world.control.roll("policy_conflict_rate"):
+            if not initial and self.world.control.roll("policy_conflict_rate"):
                 raise (stale_etag_error or _concurrent_change)()
             old = {(b["role"], m) for b in current.get("bindings", []) for m in b.get("members", [])}
             merged: dict[str, list[str]] = {}

@@ -32,7 +32,7 @@ class Clients:
 
             return AnonymousCredentials()
         import google.auth
-        from google.auth.exceptions import DefaultCredentialsError, RefreshError
+        from google.auth.exceptions import DefaultCredentialsError, RefreshError, TransportError
         from google.auth.transport.requests import Request
 
         try:
@@ -47,6 +47,11 @@ class Clients:
             raise CredentialsError(
                 f"Your Google credentials could not be refreshed ({exc.args[0] if exc.args else exc}).",
                 hint="They may have expired: run `gcloud auth application-default login` again.",
+            ) from None
+        except TransportError as exc:
+            raise CredentialsError(
+                f"Could not reach Google to refresh your credentials ({exc}).",
+                hint="Check your network connection (and proxy settings), then try again.",
             ) from None
         return creds
 

@@ -37,10 +37,27 @@ def lock_owner(command: str) -> dict[str, Any]:
 
 
 def _describe_holder(holder: dict[str, Any], where: str) -> str:
-    return (
+    message = (
         f"Another mlflow-gcp run holds the lock on this environment: {holder.get('command', '?')} by "
         f"{holder.get('who', '?')} (pid {holder.get('pid', '?')}) since {holder.get('since', '?')} [{where}]."
     )
+    if _dead_here(holder):
+        message += " That process is no longer running on this machine: the lock is stale."
+    return message
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """The holder ran on this host and its process is gone (a killed run)."""
+    who, pid = str(holder.get("who", "")), holder.get("pid")
+    if not isinstance(pid, int) or not who.endswith("@" + socket.gethostname()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class Backend(ABC):

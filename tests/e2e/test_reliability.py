@@ -1,0 +1,246 @@
+"""Reliability, proven with the emulator's fault injection: a kill after any mutating request, transient errors
+with eventual consistency, stale locks, bad credentials, and arbitrary input.
+
+The default run takes a seeded sample of kill points and fault seeds; `pytest -m slow` runs the full sweeps."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlflow_gcp.errors import ExitCode
+from mlflow_gcp.state import LocalBackend, state_key
+from tests.e2e.conftest import Cli, make_cli
+from tests.e2e.snapshot import snapshot
+
+FAULT_APIS = [
+    "serviceusage",
+    "resourcemanager",
+    "secretmanager",
+    "iam",
+    "artifactregistry",
+    "sqladmin",
+    "storage",
+    "run",
+]
+SEED = 20261127
+
+
+def _mutations(admin, since: int) -> int:
+    return sum(e["mutating"] for e in admin.requests(since))
+
+
+@pytest.fixture(scope="module")
+def baseline(emulator, tmp_path_factory) -> dict[str, Any]:
+    """One uninterrupted cold `up`: how many mutating requests it makes, and the end state every other run must
+    reach."""
+    from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+
+    admin = EmulatorAdmin(emulator.base_url)
+    cli = make_cli(emulator, tmp_path_factory.mktemp("baseline"))
+    start = len(admin.requests())
+    cli("up")
+    up_mutations = _mutations(admin, start)
+    state = snapshot(Clients(emulator.base_url), cli.project)
+    start = len(admin.requests())
+    cli("down", "--delete-data", "--yes")
+    down_mutations = _mutations(admin, start)
+    empty = snapshot(Clients(emulator.base_url), cli.project)
+    return {"up": up_mutations, "down": down_mutations, "state": state, "empty": empty}
+
+
+def _kill_at(cli: Cli, admin, k: int, *args: str) -> int:
+    """Run the CLI and kill it right after its k-th mutating request was applied; answer its exit status."""
+    proc = cli.popen(*args)
+    admin.settings(kill_after_mutations=k, kill_pid=proc.pid, kill_signal=int(signal.SIGKILL))
+    try:
+        proc.communicate(timeout=600)
+    finally:
+        admin.settings(kill_after_mutations=None, kill_pid=None)
+    return proc.returncode
+
+
+def _sample(n: int, size: int) -> list[int]:
+    points = list(range(1, n + 1))
+    if len(points) <= size:
+        return points
+    rng = random.Random(SEED)
+    return sorted({1, n, *rng.sample(points[1:-1], size - 2)})
+
+
+def _up_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, points: list[int]) -> None:
+    slowest = 0.0
+    for k in points:
+        cli = make_cli(emulator, tmp_path_factory.mktemp(f"kill{k}"))
+        code = _kill_at(cli, admin, k, "up")
+        assert code in (-signal.SIGKILL, 0), f"kill point {k}: exit {code}"
+        started = time.monotonic()
+        cli("up", "--break-lock")
+        slowest = max(slowest, time.monotonic() - started)
+        assert snapshot(clients, cli.project) == baseline["state"], f"kill point {k}"
+        assert cli("status").code == 0, f"kill point {k}"
+        cli("down", "--delete-data", "--yes")
+    print(f"\nup kill points {points} of {baseline['up']}; slowest recovery {slowest:.1f}s")
+
+
+def test_up_converges_after_a_kill_at_sampled_mutations(baseline, emulator, admin, clients, tmp_path_factory):
+    _up_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, _sample(baseline["up"], 4))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_up_converges_after_a_kill_at_every_mutation(baseline, emulator, admin, clients, tmp_path_factory):
+    _up_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, list(range(1, baseline["up"] + 1)))
+
+
+def _down_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, points: list[int]) -> None:
+    for k in points:
+        cli = make_cli(emulator, tmp_path_factory.mktemp(f"downkill{k}"))
+        cli("up")
+        code = _kill_at(cli, admin, k, "down", "--delete-data", "--yes")
+        assert code in (-signal.SIGKILL, 0), f"kill point {k}: exit {code}"
+        cli("down", "--delete-data", "--yes", "--break-lock")
+        assert snapshot(clients, cli.project) == baseline["empty"], f"down kill point {k}"
+    print(f"\ndown kill points {points} of {baseline['down']}")
+
+
+def test_down_converges_after_a_kill_at_sampled_mutations(baseline, emulator, admin, clients, tmp_path_factory):
+    _down_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, _sample(baseline["down"], 2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_down_converges_after_a_kill_at_every_mutation(baseline, emulator, admin, clients, tmp_path_factory):
+    _down_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, list(range(1, baseline["down"] + 1)))
+
+
+def _fault_runs(baseline, emulator, admin, clients, tmp_path_factory, seeds: list[int]) -> None:
+    for seed in seeds:
+        cli = make_cli(emulator, tmp_path_factory.mktemp(f"faults{seed}"))
+        admin.settings(
+            fault_rate=0.2, fault_codes=[429, 503], fault_seed=seed, fault_apis=FAULT_APIS,
+            consistency=True, service_account_invisible_seconds=2, service_enable_seconds=2,
+            policy_conflict_rate=0.3,
+        )  # fmt: skip
+        start = len(admin.requests())
+        try:
+            cli("up")
+        finally:
+            admin.settings(fault_rate=0, consistency=False, policy_conflict_rate=0)
+        injected = sum(e["status"] in (429, 503) for e in admin.requests(start))
+        assert injected > 0, f"seed {seed}: no fault was injected"
+        assert snapshot(clients, cli.project) == baseline["state"], f"seed {seed}"
+        cli("down", "--delete-data", "--yes")
+    print(f"\nfault seeds {seeds} all converged")
+
+
+def test_up_survives_transient_errors_and_eventual_consistency(baseline, emulator, admin, clients, tmp_path_factory):
+    _fault_runs(baseline, emulator, admin, clients, tmp_path_factory, [1, 2])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_twenty_seeded_runs_with_faults(baseline, emulator, admin, clients, tmp_path_factory):
+    _fault_runs(baseline, emulator, admin, clients, tmp_path_factory, list(range(1, 21)))
+
+
+# --- locks ---------------------------------------------------------------------------------------------------
+
+
+def test_a_stale_lock_is_reported_and_broken_only_on_request(cli: Cli):
+    backend = LocalBackend(cli.state_dir, state_key(cli.project, "mlflow", "dev"))
+    import socket
+
+    backend.acquire({"who": f"someone@{socket.gethostname()}", "pid": 2**22 + 12345, "since": "then", "command": "up"})
+    refused = cli("up", "--dry-run", check=False)
+    assert refused.code == ExitCode.OK  # a dry run takes no lock
+    refused = cli("up", check=False)
+    assert refused.code == ExitCode.LOCKED and "stale" in refused.stderr and "--break-lock" in refused.stderr
+    broken = cli("up", "--break-lock", "--dry-run")
+    assert "Broke the lock" in broken.stderr
+    assert not backend.lock_path.exists()
+
+
+def test_up_and_down_on_one_environment_never_interleave(cli: Cli, admin):
+    admin.settings(latency_profile="realistic", time_scale=0.01)
+    try:
+        first = cli.popen("up")
+        deadline = time.monotonic() + 60
+        while not list(cli.state_dir.glob("*.lock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = cli("down", "--yes", check=False)
+        assert second.code == ExitCode.LOCKED and "up by" in second.stderr
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    finally:
+        admin.settings(latency_profile="instant")
+
+
+# --- credentials -----------------------------------------------------------------------------------------------
+
+
+def _gcp_cli(cli: Cli, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow_gcp", *args, "--project", "real-project-123", "--state", str(cli.state_dir)],
+        capture_output=True, text=True, env={**cli.env, **env, "NO_GCE_CHECK": "True"}, timeout=120,
+    )  # fmt: skip
+
+
+def test_missing_credentials_say_how_to_log_in(cli: Cli, tmp_path: Path):
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "nope.json"), "CLOUDSDK_CONFIG": str(tmp_path)}
+    result = _gcp_cli(cli, "status", env=env)
+    assert result.returncode == ExitCode.CREDENTIALS, result.stderr
+    assert "gcloud auth application-default login" in result.stderr and "Traceback" not in result.stderr
+
+
+class _RevokedTokenEndpoint(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_expired_credentials_say_how_to_log_in_again(cli: Cli, tmp_path: Path):
+    server = HTTPServer(("127.0.0.1", 0), _RevokedTokenEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    # A key whose account was deleted (or a revoked grant): the token endpoint answers invalid_grant.
+    creds = {
+        "type": "service_account",
+        "project_id": "real-project-123",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "gone@real-project-123.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": f"http://127.0.0.1:{server.server_port}/token",
+    }
+    (tmp_path / "adc.json").write_text(json.dumps(creds))
+    try:
+        result = _gcp_cli(cli, "status", env={"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "adc.json")})
+    finally:
+        server.shutdown()
+    assert result.returncode == ExitCode.CREDENTIALS, result.stderr
+    assert "could not be refreshed" in result.stderr and "login" in result.stderr

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .resources import apis, bucket, iam, image, registry, run, secrets, service_accounts, sql
+from .resources import apis, bucket, client_key, iam, image, registry, run, secrets, service_accounts, sql
 
 if TYPE_CHECKING:
     from .context import Context
     from .engine import Resource
 
 
-def resources(ctx: Context) -> list[Resource]:
+def resources(ctx: Context, *, removing: bool = False) -> list[Resource]:
+    """The steps of the stack. Opt-in parts are included when configured, and always when removing (so `down` finds
+    them even after the option was turned off)."""
     classes: list[type[Resource]] = [
         apis.EnabledApis,
         registry.Repository,
@@ -21,6 +23,7 @@ def resources(ctx: Context) -> list[Resource]:
         sql.AuthDatabase,
         *secrets.ALL,
         sql.User,
+        sql.StandbyUser,
         service_accounts.RuntimeAccount,
         bucket.ArtifactBucket,
         iam.ProjectBindings,
@@ -29,4 +32,6 @@ def resources(ctx: Context) -> list[Resource]:
         run.Service,
         iam.PublicInvoker,
     ]
+    if removing or ctx.config.create_client_key:
+        classes += [client_key.ClientAccount, client_key.ClientKey]
     return [cls(ctx) for cls in classes]

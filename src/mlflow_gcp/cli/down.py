@@ -31,7 +31,9 @@ def down(ctx: click.Context, **params: Any) -> None:
     if not dry_run and not params["yes"]:
         _confirm(app.names.prefix, app.config.project, delete_data)
     with app.session("down", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx, app.terminal:
-        outcomes = Engine(run_ctx, app.terminal).destroy(resources(run_ctx), delete_data=delete_data, dry_run=dry_run)
+        outcomes = Engine(run_ctx, app.terminal).destroy(
+            resources(run_ctx, removing=True), delete_data=delete_data, dry_run=dry_run
+        )
     counts = summarize(outcomes)
     app.terminal.line("Done: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     if not delete_data and counts.get("kept"):

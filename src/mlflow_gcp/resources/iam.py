@@ -229,7 +229,7 @@ class BucketBindings(Resource):
 
     key = "iam:bucket"
     kind = "bucket IAM bindings"
-    depends_on = ("sa:runtime", "bucket")
+    depends_on = ("sa:runtime", "bucket", "sa:client")
 
     def id(self) -> str:
         return f"gs://{self.ctx.names.bucket}"
@@ -237,6 +237,8 @@ class BucketBindings(Resource):
     def wanted(self) -> set[Binding]:
         wanted = {(BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.runtime_account}")}
         wanted |= {(BUCKET_READER_ROLE, m) for m in self.ctx.config.artifacts.users}
+        if self.ctx.config.create_client_key:
+            wanted.add((BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.client_account}"))
         return wanted
 
     def _bucket(self) -> Any:

@@ -76,6 +76,35 @@ instances start at once, creates the admin, then runs MLflow's ``server`` comman
 database URL reaches MLflow only through the environment (``MLFLOW_BACKEND_STORE_URI``, read by the click option)
 and the ini file; no argv in the tree contains a secret.
 
+Database ownership and password rotation. ``mlflow-gcp rotate-password`` alternates between two login roles
+(``MLFLOW_GCP_DB_USERS``, e.g. ``mlflow_a,mlflow_b``): a new revision logs in as the inactive one while the old
+revision still serves as the active one, so both must be able to use, migrate and own every table. PostgreSQL
+lets only a table's owner (or a member of the owning role) alter or drop it, so no login role owns anything:
+the NOLOGIN role ``mlflow_owner`` does, and both login roles are members of it. At every start the ``serve``
+process, as the login user and under the upgrade lock of each database, (1) creates ``mlflow_owner`` if it is
+missing, (2) grants it to every configured login role that exists and lacks it (to the others ``WITH ADMIN
+OPTION``, so whichever is active later can administer it), (3) grants it ``USAGE, CREATE`` on schema
+``public``, (4) ``REASSIGN OWNED BY <itself> TO mlflow_owner`` (moves the tables of a deployment made before this
+scheme; a no-op otherwise), and (5) ``ALTER ROLE <itself> SET role = mlflow_owner``, so every later session of
+that login (migrations, the workers' pools, an operator's psql) acts as ``mlflow_owner`` and whatever MLflow
+creates, in both databases, is owned by it.
+
+Why this works with only what Cloud SQL gives an API-created user (``LOGIN CREATEROLE CREATEDB``, a member of
+``cloudsqlsuperuser``, which owns the API-created databases; no superuser):
+
+- PostgreSQL 15 (the emulator): ``CREATEROLE`` may create roles and grant membership in any non-superuser role.
+- PostgreSQL 16 (Cloud SQL's default): ``CREATEROLE`` alone no longer allows granting a role; the creator of a
+  role gets ``ADMIN OPTION`` on it (but neither inherits it nor may ``SET ROLE`` to it), which lets it grant the
+  role to itself and, with ``ADMIN OPTION``, to the other login role, which may then administer it too.
+- Schema ``public`` belongs to ``pg_database_owner``, i.e. to ``cloudsqlsuperuser`` here; since PostgreSQL 15
+  nobody else may create in it. Members of ``cloudsqlsuperuser`` may grant on it, hence step (3).
+- ``REASSIGN OWNED`` needs the privileges of both roles, and ``ALTER ROLE <self> SET`` is allowed to every role
+  for itself; both run after ``SET ROLE NONE`` (the login's own identity: a session that already acts as
+  ``mlflow_owner`` lacks the privileges of the login role).
+- A role default of ``role`` that cannot be applied (membership revoked) is skipped at login, not an error; so
+  if the server's own login cannot get ``mlflow_owner``'s privileges, startup fails here, clearly, and Cloud
+  Run keeps traffic on the previous revision.
+
 Connection pools. Every worker has up to three SQLAlchemy engines (tracking store, model registry store, auth
 store), each sized by ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE``/``MAX_OVERFLOW``; see :func:`plan_pools`. The ``serve``
 process itself uses ``NullPool`` (no idle connection held for the life of the instance); the pool settings are put
@@ -88,6 +117,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,6 +137,7 @@ ENV_ADMIN_USERNAME = "MLFLOW_GCP_ADMIN_USERNAME"
 ENV_ADMIN_PASSWORD = "MLFLOW_GCP_ADMIN_PASSWORD"
 ENV_SECRET_KEY = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 ENV_DB_USER = "MLFLOW_GCP_DB_USER"
+ENV_DB_USERS = "MLFLOW_GCP_DB_USERS"
 ENV_DB_NAME = "MLFLOW_GCP_DB_NAME"
 ENV_AUTH_DB_NAME = "MLFLOW_GCP_AUTH_DB_NAME"
 ENV_CONNECTION = "MLFLOW_GCP_CLOUDSQL_CONNECTION"
@@ -147,6 +178,10 @@ ENGINES_PER_WORKER = 3
 MAX_PER_ENGINE = 15
 #: Seconds the server gives in-flight requests after SIGTERM; Cloud Run kills the container 10 s after it.
 GRACEFUL_SECONDS = 8
+#: The NOLOGIN role that owns every table; the login roles are its members (see the module docstring).
+OWNER_ROLE = "mlflow_owner"
+#: Role names we create or grant: plain lower-case identifiers (quoted anyway).
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Session-level advisory lock key taken around schema upgrades (per database, so one key serves both).
 UPGRADE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlflow-gcp/schema-upgrade").digest()[:8], "big", signed=True)
 LOG_PREFIX = "[mlflow-gcp]"
@@ -315,6 +350,17 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
 
 
+def login_roles(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The server's login role first, then the other login roles that share the ownership role."""
+    own = _required(env, ENV_DB_USER)
+    others = (part.strip() for part in env.get(ENV_DB_USERS, "").split(","))
+    roles = tuple(dict.fromkeys([own, *(r for r in others if r)]))
+    for role in roles:
+        if not ROLE_NAME.match(role) or role == OWNER_ROLE:
+            raise ConfigError(f"{ENV_DB_USER} and {ENV_DB_USERS} must be plain role names, got {role!r}")
+    return roles
+
+
 def hosts_and_origins(spec: str) -> tuple[list[str], list[str]]:
     """``--allowed-hosts`` and ``--cors-allowed-origins`` entries for comma-separated service URLs or hosts,
     with localhost (any port) admitted for probes and local use."""
@@ -342,6 +388,8 @@ def hosts_and_origins(spec: str) -> tuple[list[str], list[str]]:
 @dataclass(frozen=True)
 class Config:
     db_user: str
+    #: Every login role that shares the ownership role (rotation alternates between them); includes db_user.
+    db_users: tuple[str, ...]
     db_password: str
     db_name: str
     auth_db_name: str
@@ -399,8 +447,10 @@ class Config:
             raise ConfigError(f"{ENV_DEFAULT_PERMISSION} must be one of {', '.join(PERMISSIONS)}")
         hosts, origins = hosts_and_origins(env.get(ENV_ALLOWED_HOSTS, ""))
         reserved_raw = env.get(ENV_RESERVED_CONNECTIONS, "")
+        db_users = login_roles(env)
         config = cls(
-            db_user=_required(env, ENV_DB_USER),
+            db_user=db_users[0],
+            db_users=db_users,
             db_password=_required(env, ENV_DB_PASSWORD),
             db_name=env.get(ENV_DB_NAME, "") or "mlflow",
             auth_db_name=env.get(ENV_AUTH_DB_NAME, "") or "mlflow_auth",
@@ -579,8 +629,9 @@ def main() -> int:
 # --- the serve process: upgrade under a lock, then MLflow's own server command ---------------------------------
 
 
-def _with_advisory_lock(url: str, what: str, action: Callable[[], None]) -> None:
-    """Run ``action`` while holding this database's upgrade lock (released with the session, even on a crash)."""
+def _with_advisory_lock(url: str, what: str, action: Callable[[Any], None]) -> None:
+    """Run ``action(connection)`` while holding this database's upgrade lock (released with the session, even on
+    a crash). The connection is in autocommit mode."""
     import sqlalchemy
     from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
 
@@ -592,11 +643,77 @@ def _with_advisory_lock(url: str, what: str, action: Callable[[], None]) -> None
                 log(f"another instance is upgrading the {what} database; waiting for it")
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
             try:
-                action()
+                action(conn)
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
     finally:
         engine.dispose()
+
+
+def login_refused(url: str) -> str:
+    """PostgreSQL's reason if it refuses this login for good (wrong password, a role that may not log in), else
+    "". MLflow would retry such a login for minutes; failing at once lets Cloud Run fail the revision quickly and
+    keep traffic where it is. Other errors (the socket not there yet) are left to MLflow's retries."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            return ""
+    except sqlalchemy.exc.OperationalError as exc:
+        text = str(exc.orig)
+        for marker in ("password authentication failed", "is not permitted to log in", "does not exist"):
+            if marker in text:
+                # The FATAL line names the role or database, never the password.
+                return next((line.strip() for line in text.splitlines() if marker in line), marker)
+        return ""
+    finally:
+        engine.dispose()
+
+
+def ensure_ownership(conn: Any, users: tuple[str, ...], owner: str = OWNER_ROLE, *, database: str) -> None:
+    """Make ``owner`` own everything and every login role in ``users`` act as it (the module docstring says
+    why and how). ``conn`` is an autocommit connection as ``users[0]``; run under the upgrade lock."""
+    import sqlalchemy
+
+    def run(statement: str, **params: Any) -> Any:
+        return conn.execute(sqlalchemy.text(statement), params)
+
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    run("SET ROLE NONE")  # act as the login itself, not as a role default set by an earlier start
+    me = run("SELECT current_user").scalar()
+    if not run("SELECT 1 FROM pg_roles WHERE rolname = :r", r=owner).scalar():
+        run(f"CREATE ROLE {quote(owner)} NOLOGIN")
+        log(f"created the ownership role {owner}")
+    for user in (me, *(u for u in users if u != me)):
+        if not run("SELECT 1 FROM pg_roles WHERE rolname = :r", r=user).scalar():
+            continue
+        if run("SELECT pg_has_role(:u, :o, 'USAGE')", u=user, o=owner).scalar():
+            continue
+        # Granting ADMIN OPTION back to oneself is refused on PostgreSQL 16 (and not needed: see above).
+        admin = "" if user == me else " WITH ADMIN OPTION"
+        try:
+            run(f"GRANT {quote(owner)} TO {quote(user)}{admin}")
+            log(f"granted {owner} to {user}")
+        except sqlalchemy.exc.DBAPIError as exc:
+            if user == me:
+                raise RuntimeError(
+                    f"the database user {me} cannot get the privileges of {owner}, which owns MLflow's tables "
+                    f"({type(exc.orig).__name__}); grant it with: GRANT {owner} TO {me}"
+                ) from None
+            log(f"could not grant {owner} to {user} ({type(exc.orig).__name__}); it will try itself when it is used")
+    run(f"GRANT USAGE, CREATE ON SCHEMA public TO {quote(owner)}")
+    run(f"REASSIGN OWNED BY {quote(me)} TO {quote(owner)}")
+    current = run(
+        "SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+        "WHERE r.rolname = :me AND s.setdatabase = 0 AND :setting = ANY(s.setconfig)",
+        me=me,
+        setting=f"role={owner}",
+    ).scalar()
+    if not current:
+        run(f"ALTER ROLE {quote(me)} SET role = {quote(owner)}")
+        log(f"sessions of {me} now act as {owner}")
+    log(f"{database}: tables are owned by {owner}, shared by {', '.join(users)}")
 
 
 def upgrade_tracking_db(url: str) -> None:
@@ -644,8 +761,22 @@ def serve(args: list[str]) -> int:
     tracking_uri = os.environ[MLFLOW_BACKEND_STORE_URI]
     from mlflow.server.auth import auth_config
 
-    _with_advisory_lock(tracking_uri, "tracking", lambda: upgrade_tracking_db(tracking_uri))
-    _with_advisory_lock(auth_config.database_uri, "auth", bootstrap_auth_db)
+    users = login_roles(os.environ)
+    refused = login_refused(tracking_uri)
+    if refused:
+        log(f"the database refuses the login of {users[0]}: {refused}")
+        return 3
+
+    def tracking(conn: Any) -> None:
+        ensure_ownership(conn, users, database="tracking")
+        upgrade_tracking_db(tracking_uri)  # new sessions: they act as the owner
+
+    def auth(conn: Any) -> None:
+        ensure_ownership(conn, users, database="auth")
+        bootstrap_auth_db()
+
+    _with_advisory_lock(tracking_uri, "tracking", tracking)
+    _with_advisory_lock(auth_config.database_uri, "auth", auth)
 
     http2 = _flag(os.environ, ENV_HTTP2, True)
     # The one step of `mlflow server` we substitute (its uvicorn command line). It exists in the pinned MLflow;

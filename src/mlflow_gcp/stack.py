@@ -23,6 +23,7 @@ def resources(ctx: Context, *, removing: bool = False) -> list[Resource]:
         sql.AuthDatabase,
         *secrets.ALL,
         sql.User,
+        sql.StandbyUser,
         service_accounts.RuntimeAccount,
         bucket.ArtifactBucket,
         iam.ProjectBindings,

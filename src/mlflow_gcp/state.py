@@ -256,6 +256,19 @@ class State:
                 self.data[key] = value
             self._save_locked()
 
+    def update(self, values: dict[str, Any], resources: dict[str, dict[str, Any]] | None = None) -> None:
+        """Several top-level values (None removes one) and resource records in one atomic write, for changes
+        that must never be seen half done (a password rotation switching users)."""
+        with self._lock:
+            for key, value in values.items():
+                if value is None:
+                    self.data.pop(key, None)
+                else:
+                    self.data[key] = value
+            for key, facts in (resources or {}).items():
+                self.resources[key] = {**facts, "updated": _now()}
+            self._save_locked()
+
     def save(self) -> None:
         with self._lock:
             self._save_locked()

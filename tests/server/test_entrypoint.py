@@ -222,6 +222,16 @@ def test_config_errors_name_the_setting_and_no_secret(overrides, complaint):
         assert secret not in message
 
 
+def test_login_roles_put_the_servers_own_first_and_refuse_what_is_not_a_plain_name():
+    env = _env(**{ep.ENV_DB_USER: "mlflow_b", ep.ENV_DB_USERS: "mlflow_a, mlflow_b"})
+    assert ep.login_roles(env) == ("mlflow_b", "mlflow_a")
+    assert ep.Config.from_env(env).db_users == ("mlflow_b", "mlflow_a")
+    assert ep.login_roles(_env()) == (DB_USER,)
+    for bad in ('x"; DROP TABLE runs; --', "Upper", "a b", ep.OWNER_ROLE):
+        with pytest.raises(ep.ConfigError, match=ep.ENV_DB_USERS):
+            ep.login_roles(_env(**{ep.ENV_DB_USERS: f"mlflow_a,{bad}"}))
+
+
 def test_masker_hides_every_encoding_of_every_secret():
     config = ep.Config.from_env(_env())
     mask = ep.Masker(config.secrets())
@@ -615,6 +625,46 @@ def test_connections_stay_within_the_plan_and_setup_holds_none(server, mlflow_cl
     assert len(rows) <= plan.workers * ep.ENGINES_PER_WORKER * plan.pool_size, rows
     assert set(apps) == {ep.APP_WORKER}, rows  # the setup process kept nothing open
     assert {r[1] for r in rows} <= {"mlflow", "mlflow_auth"}
+
+
+def test_ownership_is_shared_by_both_login_roles_and_moves_off_a_legacy_owner(stack):
+    """What every server start does (docker/entrypoint.py, ensure_ownership), on a database where a table was
+    made before the scheme (owned by the login role itself): afterwards the owner role owns it, each login's
+    sessions act as the owner, and the other login role can use, alter and add tables too."""
+    other, other_password = f"alt_{uuid.uuid4().hex[:6]}", f"alt-{uuid.uuid4().hex}"
+    body = {"name": other, "password": other_password}
+    _wait_op(
+        stack.sql,
+        stack.project,
+        stack.sql.users().insert(project=stack.project, instance="mlflow", body=body).execute(),
+    )
+    dbname = stack.create_database(f"own_{uuid.uuid4().hex[:6]}")
+    socket_dir = str(stack.cloudsql_dir / stack.connection_name)
+    with stack.connect(dbname) as conn:
+        conn.execute("SET ROLE NONE")  # as the login itself, as a server from before the scheme did
+        conn.execute("CREATE TABLE legacy (id int)")
+
+    def start(user: str, password: str, users: tuple[str, ...]) -> None:
+        engine = sqlalchemy.create_engine(ep.postgres_url(user, password, dbname, socket_dir))
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                ep.ensure_ownership(conn, users, database=dbname)
+        finally:
+            engine.dispose()
+
+    start(DB_USER, DB_PASSWORD, (DB_USER, other))
+    start(DB_USER, DB_PASSWORD, (DB_USER, other))  # every start: a no-op the second time
+    with stack.connect(dbname) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (ep.OWNER_ROLE,)
+        conn.execute("CREATE TABLE made_by_first (id int)")
+    start(other, other_password, (other, DB_USER))
+    with psycopg.connect(host=socket_dir, user=other, password=other_password, dbname=dbname, autocommit=True) as conn:
+        assert conn.execute("SELECT session_user, current_user").fetchone() == (other, ep.OWNER_ROLE)
+        conn.execute("INSERT INTO legacy VALUES (1)")
+        conn.execute("ALTER TABLE made_by_first ADD COLUMN note text")
+        conn.execute("CREATE TABLE made_by_other (id int)")
+        owners = conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    assert dict(owners) == {t: ep.OWNER_ROLE for t in ("legacy", "made_by_first", "made_by_other")}
 
 
 def test_concurrent_first_start_on_a_fresh_database_in_both_modes(servers, stack):

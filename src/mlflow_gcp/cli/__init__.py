@@ -9,6 +9,7 @@ from .. import __version__
 from .down import down
 from .emulator import emulator
 from .env import env_command
+from .rotate import rotate_password
 from .status import status
 from .up import up
 
@@ -24,11 +25,12 @@ def cli(verbose: int) -> None:
     mlflow-gcp up --local                  the same on the local GCP emulator
     mlflow-gcp status                      every resource against what it should be
     mlflow-gcp env                         credentials for MLflow clients
+    mlflow-gcp rotate-password [--admin]   new credentials, no downtime
     mlflow-gcp down                        remove it (data only with --delete-data)
     """
 
 
-for command in (up, status, down, env_command, emulator):
+for command in (up, status, down, env_command, rotate_password, emulator):
     cli.add_command(command)
 
 

@@ -24,6 +24,7 @@ def status(ctx: click.Context, **params: Any) -> None:
     from ..engine import Engine, StepFailed
     from ..health import check
     from ..resources.secrets import read_secret
+    from ..rotation import LABEL, last_rotated
     from ..stack import resources
 
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
@@ -53,6 +54,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             for key, facts in run_ctx.state.resources.items()
             if key.startswith("secret:")
         }
+        rotations = last_rotated(run_ctx.state.data)
     healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok
     if params["as_json"]:
         report = {
@@ -61,6 +63,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             "resources": rows,
             "server": health.as_dict() if health else None,
             "secret_versions": secrets,
+            "rotations": rotations,
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -76,5 +79,11 @@ def status(ctx: click.Context, **params: Any) -> None:
                 f"unauthenticated {health.unauthenticated}){': ' + health.detail if health.detail else ''}"
             )
         click.echo("Pinned secret versions: " + ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())))
+        for credential, info in rotations.items():
+            when = info["last_rotated"] or "never"
+            extra = f" (now user {info['user']})" if info.get("user") else ""
+            if info.get("in_progress"):
+                extra += f"; a rotation is in progress at step {info['in_progress']['step']}: run rotate-password again"
+            click.echo(f"Last rotated, {LABEL[credential]}: {when}{extra}")
     if not healthy:
         ctx.exit(int(ExitCode.UNHEALTHY))

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..errors import MlflowGcpError
 from .app import App, config_options, run_command
 
 
@@ -37,6 +38,14 @@ def up(ctx: click.Context, **params: Any) -> None:
     dry_run = params["dry_run"]
     term = app.terminal
     with app.session("up", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
+        rotation = run_ctx.state.data.get("rotation")
+        if rotation and not dry_run:
+            # `up` would deploy the old credentials half-way through the switch: finish it first.
+            flag = " --admin" if rotation["credential"] == "admin" else ""
+            raise MlflowGcpError(
+                f"A password rotation is in progress (step {rotation['phase']}).",
+                hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
+            )
         what = "Planning" if dry_run else "Provisioning"
         term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
         with term:

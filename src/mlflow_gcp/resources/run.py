@@ -29,7 +29,7 @@ class Service(Resource):
     key = "run"
     kind = "Cloud Run service"
     depends_on = (
-        "image", "sql:user", "sql:db-tracking", "sql:db-auth", "bucket",
+        "image", "sql:user", "sql:standby-user", "sql:db-tracking", "sql:db-auth", "bucket",
         "iam:project", "iam:secrets", "iam:bucket",
     )  # fmt: skip
 
@@ -42,6 +42,8 @@ class Service(Resource):
         c, n = self.ctx.config, self.ctx.names
         return {
             "MLFLOW_GCP_DB_USER": self.ctx.fact("sql:user", "user") or n.db_users[0],
+            # Both login roles password rotation alternates between: the server makes them share table ownership.
+            "MLFLOW_GCP_DB_USERS": ",".join(n.db_users),
             "MLFLOW_GCP_DB_NAME": n.tracking_database,
             "MLFLOW_GCP_AUTH_DB_NAME": n.auth_database,
             "MLFLOW_GCP_CLOUDSQL_CONNECTION": n.connection_name,

@@ -282,20 +282,20 @@ class AuthDatabase(Database):
     database = "mlflow_auth"
 
 
-class User(Resource):
-    """The login role the server uses; its password comes from the db-password secret's pinned version, and is
-    set again whenever that version changes."""
+def active_db_user(ctx: Any) -> str:
+    """The login role the server uses now (password rotation alternates between ``Names.db_users``)."""
+    return ctx.state.data.get("db_user") or ctx.names.db_users[0]
 
-    key = "sql:user"
+
+class _LoginRole(Resource):
     kind = "Cloud SQL user"
-    # It owns the tables: kept with the data (dropping it would fail, and orphan the kept database).
+    # Kept with the data: the only ways into the kept database (the tables belong to a role both are members of).
     holds_data = True
     deleted_with = "sql:instance"
-    depends_on = ("sql:instance", "sql:db-auth", "secret:db-password")
 
     @property
     def user(self) -> str:
-        return self.ctx.state.data.get("db_user") or self.ctx.names.db_users[0]
+        raise NotImplementedError
 
     def id(self) -> str:
         return f"projects/{self.ctx.names.project}/instances/{self.ctx.names.instance}/users/{self.user}"
@@ -308,6 +308,40 @@ class User(Resource):
             if user.get("name") == self.user:
                 return user
         return None
+
+    def delete(self, actual: Any) -> None:
+        sql = self.ctx.clients.sqladmin
+        n = self.ctx.names
+        op = self.ctx.api(
+            f"sqladmin.users.delete {self.user}",
+            sql.users().delete(project=n.project, instance=n.instance, name=self.user).execute,
+        )
+        wait_operation(self.ctx, op, f"Deleting database user {self.user}")
+
+
+def set_user_password(ctx: Any, user: str, password: str) -> None:
+    """``users.update`` (a Cloud SQL operation, waited for). PostgreSQL keeps one password per role."""
+    sql = ctx.clients.sqladmin
+    n = ctx.names
+    op = ctx.api(
+        f"sqladmin.users.update {user}",
+        sql.users()
+        .update(project=n.project, instance=n.instance, name=user, body={"name": user, "password": password})
+        .execute,
+    )
+    wait_operation(ctx, op, f"Setting the password of database user {user}")
+
+
+class User(_LoginRole):
+    """The login role the server uses; its password comes from the db-password secret's pinned version, and is
+    set again whenever that version changes."""
+
+    key = "sql:user"
+    depends_on = ("sql:instance", "sql:db-auth", "secret:db-password")
+
+    @property
+    def user(self) -> str:
+        return active_db_user(self.ctx)
 
     def diff(self, actual: Any) -> list[Change]:
         pinned = self.ctx.fact("secret:db-password", "version")
@@ -338,30 +372,45 @@ class User(Resource):
         return self.find()
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        op = self.ctx.api(
-            f"sqladmin.users.update {self.user}",
-            sql.users()
-            .update(
-                project=n.project,
-                instance=n.instance,
-                name=self.user,
-                body={"name": self.user, "password": self._password()},
-            )
-            .execute,
-        )
-        wait_operation(self.ctx, op, f"Setting the password of database user {self.user}")
+        set_user_password(self.ctx, self.user, self._password())
         return self.find()
-
-    def delete(self, actual: Any) -> None:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        op = self.ctx.api(
-            f"sqladmin.users.delete {self.user}",
-            sql.users().delete(project=n.project, instance=n.instance, name=self.user).execute,
-        )
-        wait_operation(self.ctx, op, f"Deleting database user {self.user}")
 
     def facts(self, actual: Any) -> dict[str, Any]:
         return {"id": self.id(), "user": self.user, "password_version": self.ctx.fact("secret:db-password", "version")}
+
+
+class StandbyUser(_LoginRole):
+    """The other login role: password rotation moves the server to it (mlflow-gcp rotate-password). It exists from
+    the start so that the server, at its next start, makes it a member of the role that owns the tables. Until a
+    rotation gives it one, its password is random and kept nowhere: nobody can log in as it."""
+
+    key = "sql:standby-user"
+    # One operation at a time per instance: after the active user.
+    depends_on = ("sql:instance", "sql:user")
+
+    @property
+    def user(self) -> str:
+        active = active_db_user(self.ctx)
+        return next(u for u in self.ctx.names.db_users if u != active)
+
+    def create(self) -> Any:
+        import secrets
+
+        from googleapiclient.errors import HttpError
+
+        sql = self.ctx.clients.sqladmin
+        n = self.ctx.names
+        body = {"name": self.user, "password": secrets.token_urlsafe(32)}
+        try:
+            op = self.ctx.api(
+                f"sqladmin.users.insert {self.user}",
+                sql.users().insert(project=n.project, instance=n.instance, body=body).execute,
+            )
+            wait_operation(self.ctx, op, f"Creating database user {self.user}")
+        except (HttpError, MlflowGcpError) as exc:
+            if "already exists" not in str(exc):
+                raise
+        return self.find()
+
+    def facts(self, actual: Any) -> dict[str, Any]:
+        return {"id": self.id(), "user": self.user}

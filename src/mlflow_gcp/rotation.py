@@ -1,0 +1,550 @@
+"""Password rotation (``mlflow-gcp rotate-password``): new credentials while the server keeps serving, resumable
+after a crash at any point, and the old credentials made useless.
+
+The database password uses "alternating users" (as AWS Secrets Manager's rotation does): PostgreSQL keeps one
+password per role, so changing the active role's password in place breaks every server instance that opens a
+connection before the new revision is live. Instead two login roles exist (``Names.db_users``; `up` creates
+both, the inactive one with a random password kept nowhere), both members of the role that owns the tables
+(docker/entrypoint.py), and a rotation:
+
+1. adds a version with a fresh password to the db-password secret (the value is durable before it is used);
+2. sets it on the inactive role (Cloud SQL ``users.update``);
+3. deploys a Cloud Run revision that logs in as that role, the secret pinned to the new version, and waits until
+   it serves all traffic (Cloud Run moves traffic only once its startup probe passes, and the server passes it
+   only once it reached the database); then checks MLflow really serves (an authenticated API call);
+4. records the new active role;
+5. retires the old role's password (sets a random one that is discarded);
+6. disables the secret's old versions, checks the server again, then destroys them.
+
+The MLflow admin password (``--admin``) goes through MLflow's own user API (its basic-auth app creates the
+admin from its configuration only on first start): a new version of the admin-password secret, the change
+authenticated with the current password, then a revision pinned to the new version (its workers start with empty
+credential caches, so the old password stops working everywhere), then the old versions go.
+
+Every step is recorded in the state file before the next starts (``rotation``: the step, the users and the
+secret version numbers, never a value), and each step is safe to repeat, so running the command again after a
+crash finishes the rotation. If the new revision fails, Cloud Run leaves traffic on the old one; nothing old has
+been retired then, the command says so and fails, and running it again retries from the password step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import ExitCode, MlflowGcpError
+
+if TYPE_CHECKING:
+    from .context import Context
+
+Credential = Literal["db", "admin"]
+
+#: The steps of each rotation, in order; the state records which one runs.
+STEPS: dict[str, tuple[str, ...]] = {
+    "db": ("add-version", "set-password", "deploy", "commit", "retire-user", "retire-versions"),
+    "admin": ("add-version", "change-password", "deploy", "commit", "retire-versions"),
+}
+SECRET: dict[str, str] = {"db": "db-password", "admin": "admin-password"}
+LABEL: dict[str, str] = {"db": "database password", "admin": "MLflow admin password"}
+#: Facts a rotation overrides for the revision it deploys.
+_OVERRIDABLE = ("sql:user", "secret:db-password", "secret:admin-password")
+
+
+class RotationFailed(MlflowGcpError):
+    exit_code = ExitCode.FAILED
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Rotation:
+    def __init__(self, ctx: Context, credential: Credential, say: Callable[[str], None] | None = None) -> None:
+        self.ctx = ctx
+        self.credential = credential
+        self.secret = SECRET[credential]
+        self.say = say or (lambda _text: None)
+
+    # --- what the state says ------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The rotation in progress (of either credential), if any."""
+        return self.ctx.state.data.get("rotation")
+
+    def _save(self, rot: dict[str, Any], phase: str) -> dict[str, Any]:
+        rot = {**rot, "phase": phase, "updated": _now()}
+        self.ctx.state.set("rotation", rot)
+        return rot
+
+    # --- the plan (--dry-run) -----------------------------------------------------------------------------
+
+    def plan(self) -> list[str]:
+        """The steps as sentences, the one a re-run resumes at marked; no API call."""
+        from .resources.sql import active_db_user
+
+        n = self.ctx.names
+        rot = self.current
+        if rot is not None and rot["credential"] != self.credential:
+            raise self._other_in_progress(rot)
+        secret_id = n.secrets[self.secret]
+        if self.credential == "db":
+            old = rot["from_user"] if rot else active_db_user(self.ctx)
+            new = rot["to_user"] if rot else next(u for u in n.db_users if u != old)
+            steps = [
+                f"Add a version with a new random password to secret {secret_id}.",
+                f"Set that password on database user {new}, unused now (Cloud SQL users.update).",
+                f"Deploy a revision of Cloud Run service {n.service} that logs in as {new}, the secret pinned to the "
+                "new version; wait until it serves all traffic (if it fails, traffic stays on the current one).",
+                f"Check that MLflow serves, then record {new} as the active database user.",
+                f"Retire the password of {old} (set a random one that is kept nowhere).",
+                f"Disable the other versions of {secret_id}, check that MLflow serves, then destroy them.",
+            ]
+        else:
+            steps = [
+                f"Add a version with a new random password to secret {secret_id}.",
+                "Change the admin's password through MLflow's API (PATCH /api/2.0/mlflow/users/update-password, "
+                "authenticated with the current password).",
+                f"Deploy a revision of Cloud Run service {n.service} with the secret pinned to the new version; wait "
+                "until it serves all traffic (its workers start with empty credential caches).",
+                "Check that MLflow serves with the new password, then record the new version.",
+                f"Disable the other versions of {secret_id}, check that MLflow serves, then destroy them.",
+            ]
+        names = STEPS[self.credential]
+        resume = names.index(rot["phase"]) if rot else -1
+        header = (
+            f"A rotation of the {LABEL[self.credential]} is in progress (since {rot['started']}); "
+            "running the command resumes it:"
+            if rot
+            else f"Rotating the {LABEL[self.credential]} would:"
+        )
+        lines = [header]
+        for i, text in enumerate(steps):
+            mark = "done" if i < resume else ("next" if i == resume else "")
+            lines.append(f"  {i + 1}. {text}" + (f"  [{mark}]" if mark else ""))
+        return lines
+
+    def _other_in_progress(self, rot: dict[str, Any]) -> MlflowGcpError:
+        flag = " --admin" if rot["credential"] == "admin" else ""
+        return MlflowGcpError(
+            f"A rotation of the {LABEL[rot['credential']]} is in progress (step {rot['phase']}).",
+            hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
+        )
+
+    # --- running it ---------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        rot = self.current
+        if rot is not None and rot["credential"] != self.credential:
+            raise self._other_in_progress(rot)
+        if rot is None:
+            rot = self._begin()
+        else:
+            self.say(f"Resuming the rotation of the {LABEL[self.credential]} at step {rot['phase']}.")
+            self._abandon_if_service_gone(rot)
+        finished: dict[str, Any] | None = None
+        while finished is None:
+            step = rot["phase"]
+            number = STEPS[self.credential].index(step) + 1
+            self.say(f"[{number}/{len(STEPS[self.credential])}] {step}")
+            result = getattr(self, "_" + step.replace("-", "_"))(rot)
+            if result.get("phase") == "done":
+                finished = result
+            else:
+                rot = result
+        return finished
+
+    def _begin(self) -> dict[str, Any]:
+        from .resources.run import Service
+        from .resources.sql import StandbyUser, active_db_user
+
+        state = self.ctx.state
+        if not state.get("run") or not state.data.get("service_url"):
+            raise MlflowGcpError("No MLflow service is recorded for this environment.", hint="Run `mlflow-gcp up`.")
+        live = Service(self.ctx).find()
+        if live is None:
+            raise MlflowGcpError("The Cloud Run service does not exist.", hint="Run `mlflow-gcp up` to repair it.")
+        old_version = self.ctx.fact(f"secret:{self.secret}", "version")
+        if not old_version:
+            raise MlflowGcpError(f"No version of the {self.secret} secret is recorded.", hint="Run `mlflow-gcp up`.")
+        rot: dict[str, Any] = {
+            "credential": self.credential,
+            "old_version": str(old_version),
+            "new_version": None,
+            "started": _now(),
+        }
+        if self.credential == "db":
+            env = Service.owned(live)["env"]
+            standby = StandbyUser(self.ctx)
+            if "MLFLOW_GCP_DB_USERS" not in env or standby.find() is None:
+                raise MlflowGcpError(
+                    "This deployment predates password rotation: the second database user or the server's "
+                    "knowledge of it is missing.",
+                    hint="Run `mlflow-gcp up` once, then rotate.",
+                )
+            rot.update(from_user=active_db_user(self.ctx), to_user=standby.user)
+        self.say(f"Rotating the {LABEL[self.credential]}.")
+        return self._save(rot, "add-version")
+
+    def _abandon_if_service_gone(self, rot: dict[str, Any]) -> None:
+        """A rotation cannot finish without its service (removed by `down` meanwhile). The state's credentials are
+        valid ones (the switch is recorded in one write), so dropping the record lets `up` redeploy them."""
+        from .resources.run import Service
+
+        if Service(self.ctx).find() is not None:
+            return
+        self.ctx.state.set("rotation", None)
+        raise MlflowGcpError(
+            f"The Cloud Run service is gone: the rotation of the {LABEL[self.credential]} (at step {rot['phase']}) "
+            "was abandoned.",
+            hint="Run `mlflow-gcp up`, then rotate again (it also destroys any secret version left over).",
+        )
+
+    # --- step: a new secret version -----------------------------------------------------------------------
+
+    def _add_version(self, rot: dict[str, Any]) -> dict[str, Any]:
+        from google.cloud.secretmanager_v1 import SecretVersion
+
+        from .resources.secrets import generate
+
+        new = rot.get("new_version")
+        if new is None:
+            # A run that died right after adding a version left it enabled and unrecorded: use it.
+            newer = [
+                v
+                for v, st in self._versions()
+                if st == SecretVersion.State.ENABLED and int(v) > int(rot["old_version"])
+            ]
+            new = max(newer, key=int) if newer else self._add(generate(self.secret))
+            self.say(f"Secret {self.ctx.names.secrets[self.secret]}: version {new} holds the new password.")
+        nxt = "set-password" if self.credential == "db" else "change-password"
+        return self._save({**rot, "new_version": new}, nxt)
+
+    # --- step (db): the inactive role gets the new password -----------------------------------------------
+
+    def _set_password(self, rot: dict[str, Any]) -> dict[str, Any]:
+        from .resources.sql import set_user_password
+
+        set_user_password(self.ctx, rot["to_user"], self._access(self.secret, rot["new_version"]))
+        return self._save(rot, "deploy")
+
+    # --- step (admin): MLflow's user API ------------------------------------------------------------------
+
+    def _change_password(self, rot: dict[str, Any]) -> dict[str, Any]:
+        import requests
+
+        url = self._url()
+        username = self._admin_username()
+        new = self._access(self.secret, rot["new_version"])
+        if self._mlflow_accepts(url, username, new):
+            self.say("MLflow already accepts the new admin password (changed by an earlier run).")
+        else:
+            old = self._access(self.secret, rot["old_version"])
+            body = {"username": username, "password": new, "current_password": old}
+            response = self._http(
+                lambda: requests.patch(
+                    f"{url}/api/2.0/mlflow/users/update-password", json=body, auth=(username, old), timeout=60
+                )
+            )
+            if response.status_code != 200 and not self._mlflow_accepts(url, username, new):
+                raise RotationFailed(
+                    f"MLflow refused to change the admin password ({response.status_code}: "
+                    f"{_first_line(response.text)}). Nothing was changed on the server.",
+                    hint="If the admin password was changed outside mlflow-gcp, set it back to the one "
+                    "`mlflow-gcp env` prints, then run the command again.",
+                )
+            self.say("MLflow accepted the new admin password.")
+        return self._save(rot, "deploy")
+
+    def _mlflow_accepts(self, url: str, username: str, password: str) -> bool:
+        import requests
+
+        response = self._http(
+            lambda: requests.get(
+                f"{url}/api/2.0/mlflow/users/get", params={"username": username}, auth=(username, password), timeout=60
+            )
+        )
+        return response.status_code == 200
+
+    @staticmethod
+    def _http(call: Callable[[], Any], attempts: int = 5) -> Any:
+        """One HTTP call to the server, retried while it cannot be reached or answers 5xx."""
+        import requests
+
+        delay = 1.0
+        for attempt in range(attempts):
+            try:
+                response = call()
+                if response.status_code < 500 or attempt == attempts - 1:
+                    return response
+            except requests.RequestException:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # --- step: the new revision ---------------------------------------------------------------------------
+
+    def _overrides(self, rot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        if self.credential == "db":
+            return {
+                "sql:user": {"user": rot["to_user"], "password_version": rot["new_version"]},
+                "secret:db-password": {"version": rot["new_version"]},
+            }
+        return {"secret:admin-password": {"version": rot["new_version"]}}
+
+    def _publish(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """Make the Service resource see these facts (and the recorded ones for everything else)."""
+        for key in _OVERRIDABLE:
+            self.ctx.publish(key, {**(self.ctx.state.get(key) or {}), **overrides.get(key, {})})
+
+    def _deploy(self, rot: dict[str, Any]) -> dict[str, Any]:
+        failure = self._roll_out(self._overrides(rot))
+        if failure:
+            # Nothing old was retired: the old revision serves with the old credentials, which still work.
+            back = "set-password" if self.credential == "db" else "deploy"
+            self._save(rot, back)
+            raise RotationFailed(
+                f"The new revision did not become ready: {failure} Traffic stays on the current revision with the "
+                "current credentials; nothing was retired.",
+                hint="See the revision's logs; run the command again to retry.",
+            )
+        health = self._health(rot)
+        if not health.ok:
+            if self.credential == "db":
+                self.say("MLflow does not serve with the new database user: rolling back to the current one.")
+                self._roll_out({})
+                self._save(rot, "set-password")
+            raise RotationFailed(
+                f"MLflow does not serve after the new revision took traffic ({health.detail or health.as_dict()}); "
+                "nothing was retired.",
+                hint="Run `mlflow-gcp status`; run the command again to retry.",
+            )
+        return self._save(rot, "commit")
+
+    def _roll_out(self, overrides: dict[str, dict[str, Any]]) -> str:
+        """Deploy the service as `up` would with these facts and wait until the new revision serves all traffic.
+        Returns why it failed ("" when it serves)."""
+        from google.api_core import exceptions
+
+        from .resources.run import Service
+
+        self._publish(overrides)
+        svc = Service(self.ctx)
+        live = self._settled(svc)
+        changes = svc.diff(live)
+        try:
+            if changes:
+                self.say(f"Deploying a new revision of {self.ctx.names.service}.")
+                svc.update(live, changes)
+            elif live.latest_ready_revision != live.latest_created_revision:
+                # Our template, but its revision failed (an earlier attempt): only a new revision retries it.
+                self.say(f"Deploying a new revision of {self.ctx.names.service} (the last one failed).")
+                self._force_new_revision(svc, live)
+            else:
+                self.say("The new revision already serves (deployed by an earlier run).")
+        except exceptions.GoogleAPICallError as exc:
+            live = svc.find()
+            if live is None or live.latest_ready_revision == live.latest_created_revision:
+                raise
+            return _first_line(getattr(exc, "message", str(exc)))
+        live = self._settled(svc)
+        created = live.latest_created_revision.rsplit("/", 1)[-1]
+        if live.latest_ready_revision != live.latest_created_revision:
+            return f"revision {created} is not ready."
+        serving = {t.revision for t in live.traffic_statuses if t.percent > 0}
+        if serving != {created}:
+            return f"traffic is on {sorted(serving)}, not on {created}."
+        self.say(f"Revision {created} serves all traffic.")
+        return ""
+
+    def _settled(self, svc: Any) -> Any:
+        """The live service once no rollout runs (a run that died may have left one going)."""
+        deadline = time.monotonic() + self.ctx.deadline
+        live = svc.find()
+        while live is not None and live.reconciling and time.monotonic() < deadline:
+            time.sleep(1.0)
+            live = svc.find()
+        if live is None:
+            raise MlflowGcpError("The Cloud Run service does not exist.", hint="Run `mlflow-gcp up` to repair it.")
+        return live
+
+    def _force_new_revision(self, svc: Any, live: Any) -> None:
+        run = self.ctx.clients.run_services
+        service = svc.desired()
+        service.name = svc.id()
+        service.labels = {**dict(live.labels), **dict(service.labels)}
+        # An explicit, unused revision name is the one way to get a new revision of an unchanged template.
+        service.template.revision = f"{self.ctx.names.service}-rotate-{secrets.token_hex(3)}"
+        op = self.ctx.api("run.services.update", run.update_service, service=service)
+        op.result(timeout=self.ctx.deadline)
+
+    def _health(self, rot: dict[str, Any]) -> Any:
+        from .health import check
+
+        password = (
+            self._access(self.secret, rot["new_version"])
+            if self.credential == "admin"
+            else self._access("admin-password", self.ctx.fact("secret:admin-password", "version"))
+        )
+        return check(self._url(), self._admin_username(), password)
+
+    # --- step: record the new credential ------------------------------------------------------------------
+
+    def _commit(self, rot: dict[str, Any]) -> dict[str, Any]:
+        from .resources.run import Service
+
+        overrides = self._overrides(rot)
+        self._publish(overrides)
+        n = self.ctx.names
+        svc = Service(self.ctx)
+        live = svc.find()
+        records: dict[str, dict[str, Any]] = {
+            f"secret:{self.secret}": {
+                "id": f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
+                "version": rot["new_version"],
+            }
+        }
+        if live is not None:
+            records["run"] = svc.facts(live)
+        values: dict[str, Any] = {}
+        if self.credential == "db":
+            records["sql:user"] = {
+                "id": f"projects/{n.project}/instances/{n.instance}/users/{rot['to_user']}",
+                "user": rot["to_user"],
+                "password_version": rot["new_version"],
+            }
+            values["db_user"] = rot["to_user"]
+            nxt = "retire-user"
+        else:
+            nxt = "retire-versions"
+        values["rotation"] = {**rot, "phase": nxt, "updated": _now()}
+        # One write: the active user, its password version and the step never disagree.
+        self.ctx.state.update(values, records)
+        who = f" The server now logs in as {rot['to_user']}." if self.credential == "db" else ""
+        self.say(f"Recorded the new credential.{who}")
+        return values["rotation"]
+
+    # --- step (db): the old role's password is retired ----------------------------------------------------
+
+    def _retire_user(self, rot: dict[str, Any]) -> dict[str, Any]:
+        from .resources.sql import set_user_password
+
+        # A random password nobody keeps: the role stays (a member of the owner role, for the next rotation).
+        set_user_password(self.ctx, rot["from_user"], secrets.token_urlsafe(32))
+        self.say(f"Retired the password of {rot['from_user']}.")
+        return self._save(rot, "retire-versions")
+
+    # --- step: old secret versions ------------------------------------------------------------------------
+
+    def _retire_versions(self, rot: dict[str, Any]) -> dict[str, Any]:
+        from google.cloud.secretmanager_v1 import SecretVersion
+
+        sm = self.ctx.clients.secrets
+        keep = rot["new_version"]
+        versions = self._versions()
+        for v, st in versions:
+            if v != keep and st == SecretVersion.State.ENABLED:
+                self.ctx.api(
+                    f"secretmanager.versions.disable {self.ctx.names.secrets[self.secret]}/{v}",
+                    sm.disable_secret_version,
+                    name=self._version_path(self.secret, v),
+                )
+        # Destroying cannot be undone: only once the server is known to serve without the old versions.
+        health = self._health(rot)
+        if not health.ok:
+            raise RotationFailed(
+                f"MLflow does not serve ({health.detail or health.as_dict()}); the old secret versions were "
+                "disabled, not destroyed.",
+                hint="Run `mlflow-gcp status`; run the command again to finish.",
+            )
+        destroyed = []
+        for v, st in versions:
+            if v != keep and st != SecretVersion.State.DESTROYED:
+                self.ctx.api(
+                    f"secretmanager.versions.destroy {self.ctx.names.secrets[self.secret]}/{v}",
+                    sm.destroy_secret_version,
+                    name=self._version_path(self.secret, v),
+                )
+                destroyed.append(v)
+        if destroyed:
+            self.say(f"Destroyed versions {', '.join(destroyed)} of {self.ctx.names.secrets[self.secret]}.")
+        done: dict[str, Any] = {"at": _now(), "version": keep}
+        if self.credential == "db":
+            done["user"] = rot["to_user"]
+        rotations = {**(self.ctx.state.data.get("rotations") or {}), self.credential: done}
+        self.ctx.state.update({"rotation": None, "rotations": rotations})
+        return {"phase": "done", "credential": self.credential, **done}
+
+    # --- Secret Manager and the server --------------------------------------------------------------------
+
+    def _version_path(self, which: str, version: str) -> str:
+        n = self.ctx.names
+        return f"projects/{n.project}/secrets/{n.secrets[which]}/versions/{version}"
+
+    def _versions(self) -> list[tuple[str, Any]]:
+        n = self.ctx.names
+        sm = self.ctx.clients.secrets
+        listed = self.ctx.api(
+            f"secretmanager.versions.list {n.secrets[self.secret]}",
+            sm.list_secret_versions,
+            parent=f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
+        )
+        return [(v.name.rsplit("/", 1)[1], v.state) for v in listed]
+
+    def _add(self, value: str) -> str:
+        import google_crc32c
+
+        n = self.ctx.names
+        sm = self.ctx.clients.secrets
+        data = value.encode()
+        version = self.ctx.api(
+            f"secretmanager.secrets.addVersion {n.secrets[self.secret]}",
+            sm.add_secret_version,
+            request={
+                "parent": f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
+                "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
+            },
+        )
+        return version.name.rsplit("/", 1)[1]
+
+    def _access(self, which: str, version: str) -> str:
+        """A secret's value at an explicit version, always from Secret Manager."""
+        sm = self.ctx.clients.secrets
+        response = self.ctx.api(
+            f"secretmanager.versions.access {self.ctx.names.secrets[which]}/{version}",
+            sm.access_secret_version,
+            name=self._version_path(which, str(version)),
+        )
+        return response.payload.data.decode()
+
+    def _admin_username(self) -> str:
+        return self._access("admin-username", self.ctx.fact("secret:admin-username", "version") or "latest")
+
+    def _url(self) -> str:
+        url = self.ctx.state.data.get("service_url")
+        if not url:
+            raise MlflowGcpError("No MLflow service URL is recorded.", hint="Run `mlflow-gcp up`.")
+        return str(url).rstrip("/")
+
+
+def _first_line(text: str) -> str:
+    text = (text or "").strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def last_rotated(state_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For `status`: when each credential was last rotated (None: never), and any rotation in progress."""
+    rotations = state_data.get("rotations") or {}
+    report: dict[str, dict[str, Any]] = {}
+    for credential in STEPS:
+        done = rotations.get(credential) or {}
+        report[credential] = {"last_rotated": done.get("at"), **{k: v for k, v in done.items() if k != "at"}}
+    rot = state_data.get("rotation")
+    if rot:
+        report[rot["credential"]]["in_progress"] = {"step": rot["phase"], "since": rot.get("started")}
+    return report

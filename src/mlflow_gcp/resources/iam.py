@@ -29,6 +29,24 @@ def _is_conflict(exc: BaseException) -> bool:
     return http_status(exc) in (409, 412)
 
 
+def _toggle(policy: Any, role: str, member: str, grant: bool) -> bool:
+    """Grant or revoke one member's role in a google.iam.v1 Policy message; say whether it changed."""
+    binding = next((b for b in policy.bindings if b.role == role), None)
+    if grant:
+        if binding is None:
+            binding = policy.bindings.add(role=role)
+        if member in binding.members:
+            return False
+        binding.members.append(member)
+        return True
+    if binding is None or member not in binding.members:
+        return False
+    binding.members.remove(member)
+    if not binding.members:
+        policy.bindings.remove(binding)
+    return True
+
+
 def read_modify_write(
     ctx: Any,
     what: str,
@@ -183,20 +201,7 @@ class SecretBindings(Resource):
         sm = self.ctx.clients.secrets
 
         def mutate(policy: Any) -> bool:
-            binding = next((b for b in policy.bindings if b.role == SECRET_ROLE), None)
-            if grant:
-                if binding is None:
-                    binding = policy.bindings.add(role=SECRET_ROLE)
-                if self.member in binding.members:
-                    return False
-                binding.members.append(self.member)
-                return True
-            if binding is None or self.member not in binding.members:
-                return False
-            binding.members.remove(self.member)
-            if not binding.members:
-                policy.bindings.remove(binding)
-            return True
+            return _toggle(policy, SECRET_ROLE, self.member, grant)
 
         read_modify_write(
             self.ctx,
@@ -345,20 +350,7 @@ class PublicInvoker(Resource):
         resource = self.ctx.names.service_path
 
         def mutate(policy: Any) -> bool:
-            binding = next((b for b in policy.bindings if b.role == INVOKER_ROLE), None)
-            if grant:
-                if binding is None:
-                    binding = policy.bindings.add(role=INVOKER_ROLE)
-                if self.member in binding.members:
-                    return False
-                binding.members.append(self.member)
-                return True
-            if binding is None or self.member not in binding.members:
-                return False
-            binding.members.remove(self.member)
-            if not binding.members:
-                policy.bindings.remove(binding)
-            return True
+            return _toggle(policy, INVOKER_ROLE, self.member, grant)
 
         try:
             return read_modify_write(

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 DEFAULT_PORT = 8790
 INFO_FILE = "emulator.json"
 
@@ -67,6 +65,8 @@ def find_running(data_dir: Path) -> dict[str, Any] | None:
         return None
     if not _alive(int(info.get("pid", 0))):
         return None
+    import requests  # here, not at import: `mlflow-gcp --help` stays light
+
     try:
         requests.get(info["base_url"] + "/_emulator/health", timeout=2).raise_for_status()
     except requests.RequestException:

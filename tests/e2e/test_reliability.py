@@ -88,6 +88,7 @@ def _up_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, points:
         slowest = max(slowest, time.monotonic() - started)
         assert snapshot(clients, cli.project) == baseline["state"], f"kill point {k}"
         assert cli("status").code == 0, f"kill point {k}"
+        print(f"  up kill point {k}: converged, recovery {time.monotonic() - started:.1f}s", flush=True)
         cli("down", "--delete-data", "--yes")
     print(f"\nup kill points {points} of {baseline['up']}; slowest recovery {slowest:.1f}s")
 

@@ -300,6 +300,25 @@ class _LoginRole(Resource):
     def id(self) -> str:
         return f"projects/{self.ctx.names.project}/instances/{self.ctx.names.instance}/users/{self.user}"
 
+    def _insert(self, password: str) -> bool:
+        """users.insert; False if the role already exists (made by a run that died before recording it)."""
+        from googleapiclient.errors import HttpError
+
+        sql = self.ctx.clients.sqladmin
+        n = self.ctx.names
+        body = {"name": self.user, "password": password}
+        try:
+            op = self.ctx.api(
+                f"sqladmin.users.insert {self.user}",
+                sql.users().insert(project=n.project, instance=n.instance, body=body).execute,
+            )
+            wait_operation(self.ctx, op, f"Creating database user {self.user}")
+        except (HttpError, MlflowGcpError) as exc:
+            if "already exists" not in str(exc):
+                raise
+            return False
+        return True
+
     def find(self) -> Any | None:
         sql = self.ctx.clients.sqladmin
         n = self.ctx.names
@@ -354,20 +373,7 @@ class User(_LoginRole):
         return read_secret(self.ctx, "db-password", self.ctx.fact("secret:db-password", "version"))
 
     def create(self) -> Any:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        body = {"name": self.user, "password": self._password()}
-        from googleapiclient.errors import HttpError
-
-        try:
-            op = self.ctx.api(
-                f"sqladmin.users.insert {self.user}",
-                sql.users().insert(project=n.project, instance=n.instance, body=body).execute,
-            )
-            wait_operation(self.ctx, op, f"Creating database user {self.user}")
-        except (HttpError, MlflowGcpError) as exc:
-            if "already exists" not in str(exc):
-                raise
+        if not self._insert(self._password()):
             return self.update({"name": self.user}, [])
         return self.find()
 
@@ -396,20 +402,7 @@ class StandbyUser(_LoginRole):
     def create(self) -> Any:
         import secrets
 
-        from googleapiclient.errors import HttpError
-
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        body = {"name": self.user, "password": secrets.token_urlsafe(32)}
-        try:
-            op = self.ctx.api(
-                f"sqladmin.users.insert {self.user}",
-                sql.users().insert(project=n.project, instance=n.instance, body=body).execute,
-            )
-            wait_operation(self.ctx, op, f"Creating database user {self.user}")
-        except (HttpError, MlflowGcpError) as exc:
-            if "already exists" not in str(exc):
-                raise
+        self._insert(secrets.token_urlsafe(32))
         return self.find()
 
     def facts(self, actual: Any) -> dict[str, Any]:

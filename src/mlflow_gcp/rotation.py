@@ -158,11 +158,11 @@ class Rotation:
         return finished
 
     def _begin(self) -> dict[str, Any]:
-        from .resources.run import Service
+        from .resources.run import Service, recorded_url
         from .resources.sql import StandbyUser, active_db_user
 
         state = self.ctx.state
-        if not state.get("run") or not state.data.get("service_url"):
+        if not recorded_url(state):
             raise MlflowGcpError("No MLflow service is recorded for this environment.", hint="Run `mlflow-gcp up`.")
         live = Service(self.ctx).find()
         if live is None:
@@ -339,12 +339,9 @@ class Rotation:
         changes = svc.diff(live)
         try:
             if changes:
+                # Includes the case of our template whose revision failed (an earlier attempt): a new revision.
                 self.say(f"Deploying a new revision of {self.ctx.names.service}.")
                 svc.update(live, changes)
-            elif live.latest_ready_revision != live.latest_created_revision:
-                # Our template, but its revision failed (an earlier attempt): only a new revision retries it.
-                self.say(f"Deploying a new revision of {self.ctx.names.service} (the last one failed).")
-                self._force_new_revision(svc, live)
             else:
                 self.say("The new revision already serves (deployed by an earlier run).")
         except exceptions.GoogleAPICallError as exc:
@@ -362,26 +359,13 @@ class Rotation:
         self.say(f"Revision {created} serves all traffic.")
         return ""
 
-    def _settled(self, svc: Any) -> Any:
+    @staticmethod
+    def _settled(svc: Any) -> Any:
         """The live service once no rollout runs (a run that died may have left one going)."""
-        deadline = time.monotonic() + self.ctx.deadline
         live = svc.find()
-        while live is not None and live.reconciling and time.monotonic() < deadline:
-            time.sleep(1.0)
-            live = svc.find()
         if live is None:
             raise MlflowGcpError("The Cloud Run service does not exist.", hint="Run `mlflow-gcp up` to repair it.")
-        return live
-
-    def _force_new_revision(self, svc: Any, live: Any) -> None:
-        run = self.ctx.clients.run_services
-        service = svc.desired()
-        service.name = svc.id()
-        service.labels = {**dict(live.labels), **dict(service.labels)}
-        # An explicit, unused revision name is the one way to get a new revision of an unchanged template.
-        service.template.revision = f"{self.ctx.names.service}-rotate-{secrets.token_hex(3)}"
-        op = self.ctx.api("run.services.update", run.update_service, service=service)
-        op.result(timeout=self.ctx.deadline)
+        return svc.settle(live)
 
     def _health(self, rot: dict[str, Any]) -> Any:
         from .health import check
@@ -526,7 +510,9 @@ class Rotation:
         return self._access("admin-username", self.ctx.fact("secret:admin-username", "version") or "latest")
 
     def _url(self) -> str:
-        url = self.ctx.state.data.get("service_url")
+        from .resources.run import recorded_url
+
+        url = recorded_url(self.ctx.state)
         if not url:
             raise MlflowGcpError("No MLflow service URL is recorded.", hint="Run `mlflow-gcp up`.")
         return str(url).rstrip("/")

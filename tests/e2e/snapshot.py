@@ -1,6 +1,6 @@
 """Everything in a project, read back through the official clients and normalised, so two end states can be
 compared: same resources (no duplicates, no orphans) with the same settings. Volatile fields (times, etags, ids,
-URLs, revision names) are left out; nothing else is."""
+URLs, revision names) are left out or normalised; nothing else is."""
 
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def snapshot(clients: Clients, project: str) -> dict[str, Any]:
     out["service_accounts"] = sorted((a["email"].replace(project, "P"), a.get("displayName")) for a in accounts)
 
     rm = clients.projects()
+    number = rm.get_project(name=f"projects/{project}").name.rsplit("/", 1)[1]
     policy = rm.get_iam_policy(request={"resource": f"projects/{project}"})
     out["project_bindings"] = sorted((b.role, m.replace(project, "P")) for b in policy.bindings for m in b.members)
 
@@ -99,7 +100,10 @@ def snapshot(clients: Clients, project: str) -> dict[str, Any]:
 
         owned = Service.owned(service)
         owned["image"] = owned["image"].replace(project, "P") if owned["image"] else None
-        owned["env"] = {k: v.replace(project, "P") for k, v in owned["env"].items() if k != "MLFLOW_GCP_ALLOWED_HOSTS"}
+        # The service's own URL (the emulator's has a random port) is one of the hosts the server must accept.
+        owned["env"] = {
+            k: v.replace(service.uri, "URI").replace(project, "P").replace(number, "N") for k, v in owned["env"].items()
+        }
         owned["serviceAccount"] = owned["serviceAccount"].replace(project, "P")
         owned["cloudsql"] = [c.replace(project, "P") for c in owned["cloudsql"]]
         try:

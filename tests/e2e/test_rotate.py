@@ -124,7 +124,7 @@ class Deployment:
 
     @property
     def url(self) -> str:
-        return self.state()["service_url"].rstrip("/")
+        return self.state()["resources"]["run"]["url"].rstrip("/")
 
     def admin_auth(self) -> tuple[str, str]:
         creds = self.creds()

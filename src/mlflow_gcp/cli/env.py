@@ -25,10 +25,10 @@ def env_command(ctx: click.Context, **params: Any) -> None:
 
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
     with app.session("env", lock=False) as run_ctx:
-        url = run_ctx.state.data.get("service_url")
-        if not url:
-            from ..resources.run import Service
+        from ..resources.run import Service, recorded_url
 
+        url = recorded_url(run_ctx.state)
+        if not url:
             service = Service(run_ctx).find()
             url = service.uri if service is not None else None
         if not url:

@@ -55,7 +55,9 @@ def up(ctx: click.Context, **params: Any) -> None:
                 if params["as_json"]:
                     click.echo(json.dumps({"ok": False, "outcomes": [o.as_dict() for o in exc.outcomes]}, indent=2))
                 raise
-        url = run_ctx.state.data.get("service_url")
+        from ..resources.run import recorded_url
+
+        url = recorded_url(run_ctx.state)
     counts = summarize(outcomes)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
     term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")

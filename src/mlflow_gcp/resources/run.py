@@ -5,6 +5,8 @@ converges lazily and would make revisions differ), so rotating a credential mean
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 from .. import __version__
@@ -16,6 +18,7 @@ CONTAINER_PORT = 8080
 # End-to-end HTTP/2: lifts Cloud Run's 32 MiB limit on HTTP/1 request bodies, so large model artifacts upload.
 PORT_NAME = "h2c"
 CLOUDSQL_MOUNT = "/cloudsql"
+READY = "latest revision"
 
 SECRET_ENV = {
     "MLFLOW_GCP_DB_PASSWORD": "db-password",
@@ -23,6 +26,11 @@ SECRET_ENV = {
     "MLFLOW_GCP_ADMIN_PASSWORD": "admin-password",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-secret-key",
 }
+
+
+def recorded_url(state: Any) -> str | None:
+    """The service URL the last run recorded (with the service's other facts)."""
+    return (state.get("run") or {}).get("url")
 
 
 class Service(Resource):
@@ -38,7 +46,7 @@ class Service(Resource):
 
     # --- what it should be --------------------------------------------------------------------------------
 
-    def plain_env(self) -> dict[str, str]:
+    def plain_env(self, uri: str | None = None) -> dict[str, str]:
         c, n = self.ctx.config, self.ctx.names
         return {
             "MLFLOW_GCP_DB_USER": self.ctx.fact("sql:user", "user") or n.db_users[0],
@@ -48,7 +56,7 @@ class Service(Resource):
             "MLFLOW_GCP_AUTH_DB_NAME": n.auth_database,
             "MLFLOW_GCP_CLOUDSQL_CONNECTION": n.connection_name,
             "MLFLOW_GCP_ARTIFACTS_DESTINATION": f"gs://{n.bucket}/artifacts",
-            "MLFLOW_GCP_ALLOWED_HOSTS": ",".join(self.allowed_hosts()),
+            "MLFLOW_GCP_ALLOWED_HOSTS": ",".join(self.allowed_hosts(uri)),
             "MLFLOW_GCP_WORKERS": str(c.server.workers),
             "MLFLOW_GCP_MAX_INSTANCES": str(c.server.max_instances),
             "MLFLOW_GCP_DB_MAX_CONNECTIONS": str(max_connections(c.database.tier)),
@@ -56,27 +64,28 @@ class Service(Resource):
             "MLFLOW_GCP_HTTP2": "1",
         }
 
-    def allowed_hosts(self) -> list[str]:
+    def allowed_hosts(self, uri: str | None) -> list[str]:
         """The service's URLs, for MLflow's Host and CORS checks. Cloud Run's deterministic URL is known before
-        the service exists; the one it reports (legacy hashed, or the emulator's) only after the first deploy."""
+        the service exists; the ``uri`` it reports (legacy hashed, or the emulator's) only after the first deploy,
+        so it is read from the live service, never from state a killed run may not have written."""
         n = self.ctx.names
         urls = []
         number = self.ctx.fact("project", "number")
         if number:
             urls.append(f"https://{n.service}-{number}.{n.region}.run.app")
-        url = self.ctx.state.data.get("service_url")
-        if url and url.rstrip("/") not in urls:
-            urls.append(url.rstrip("/"))
+        if uri and uri.rstrip("/") not in urls:
+            urls.append(uri.rstrip("/"))
         return urls
 
     def secret_versions(self) -> dict[str, str]:
         return {env: str(self.ctx.fact(f"secret:{which}", "version")) for env, which in SECRET_ENV.items()}
 
-    def desired(self) -> Any:
+    def desired(self, uri: str | None = None) -> Any:
+        """The service as it should be; ``uri`` is the live service's (None before it exists)."""
         from google.cloud import run_v2
 
         c, n = self.ctx.config, self.ctx.names
-        env = [run_v2.EnvVar(name=k, value=v) for k, v in sorted(self.plain_env().items())]
+        env = [run_v2.EnvVar(name=k, value=v) for k, v in sorted(self.plain_env(uri).items())]
         for name, which in sorted(SECRET_ENV.items()):
             env.append(
                 run_v2.EnvVar(
@@ -160,12 +169,28 @@ class Service(Resource):
         except exceptions.NotFound:
             return None
 
-    def diff(self, actual: Any) -> list[Change]:
-        have, want = self.owned(actual), self.owned(self.desired())
+    def settle(self, actual: Any) -> Any:
+        """Wait out a rollout still running (a run that died mid-deploy leaves one going on)."""
+        deadline = time.monotonic() + self.ctx.deadline
+        while actual.reconciling and time.monotonic() < deadline:
+            time.sleep(1.0)
+            actual = self.find() or actual
+        return actual
+
+    def _template_changes(self, actual: Any) -> list[Change]:
+        have, want = self.owned(actual), self.owned(self.desired(actual.uri))
         changes = [c for k in want for c in field_change(k, have[k], want[k]) if k != "env"]
         for name in sorted(set(have["env"]) | set(want["env"])):
             changes += field_change(f"env.{name}", have["env"].get(name), want["env"].get(name))
-        return changes + label_changes(actual.labels, self.ctx.names.labels)
+        return changes
+
+    def diff(self, actual: Any) -> list[Change]:
+        changes = self._template_changes(actual) + label_changes(actual.labels, self.ctx.names.labels)
+        if not actual.reconciling and actual.latest_created_revision != actual.latest_ready_revision:
+            # Our template, but its revision never became ready: the server is not running what it should.
+            created = actual.latest_created_revision.rsplit("/", 1)[-1]
+            changes.append(Change(READY, f"{created} failed", "ready"))
+        return changes
 
     def create(self) -> Any:
         from google.api_core import exceptions
@@ -181,33 +206,36 @@ class Service(Resource):
                 service_id=n.service,
             )
         except exceptions.Conflict:  # created by a run that died before recording it
-            return self.update(self.find(), [])
+            actual = self.settle(self.find())
+            changes = self.diff(actual)
+            return self.update(actual, changes) if changes else actual
         service = self.ctx.wait(op, self.kind)
         return self._after_deploy(service)
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
         run = self.ctx.clients.run_services
-        service = self.desired()
+        service = self.desired(actual.uri)
         service.name = self.id()
         labels = dict(actual.labels)
         labels.update(service.labels)
         service.labels = labels
+        if any(c.field == READY for c in changes) and not self._template_changes(actual):
+            # An unchanged template makes no new revision; an explicit, unused revision name does.
+            service.template.revision = f"{self.ctx.names.service}-{secrets.token_hex(3)}"
         op = self.ctx.api("run.services.update", run.update_service, service=service)
         return self._after_deploy(self.ctx.wait(op, self.kind))
 
     def _after_deploy(self, service: Any) -> Any:
-        """Record the URL; if the server must also accept a host only known now, roll once more."""
-        self.ctx.state.set("service_url", service.uri)
-        want_hosts = self.plain_env()["MLFLOW_GCP_ALLOWED_HOSTS"]
-        if self.owned(service)["env"].get("MLFLOW_GCP_ALLOWED_HOSTS") != want_hosts:
-            return self.update(service, [])
+        """If the server must also accept a host only known now (its URL), roll once more."""
+        changes = self._template_changes(service)
+        if changes and all(c.field == "env.MLFLOW_GCP_ALLOWED_HOSTS" for c in changes):
+            return self.update(service, changes)
         return service
 
     def delete(self, actual: Any) -> None:
         run = self.ctx.clients.run_services
         op = self.ctx.api("run.services.delete", run.delete_service, name=self.id())
         self.ctx.wait(op, self.kind)
-        self.ctx.state.set("service_url", None)
 
     def facts(self, actual: Any) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ from typing import Any
 from ..engine import Resource
 from ..errors import GcpPermissionError
 from ..retry import error_text, http_status
-from ._common import is_not_found
+from ._common import get_or_none
 from .service_accounts import ServiceAccount
 
 KEY_SECRET_SUFFIX = "client-key"
@@ -40,17 +40,13 @@ class ClientKey(Resource):
         return self.secret_name
 
     def find(self) -> Any | None:
-        from google.api_core import exceptions
-
         sm = self.ctx.clients.secrets
-        try:
-            versions = list(
-                self.ctx.api("secretmanager.versions.list client-key", sm.list_secret_versions, parent=self.secret_name)
-            )
-        except exceptions.GoogleAPICallError as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        listed = get_or_none(
+            self.ctx, "secretmanager.versions.list client-key", sm.list_secret_versions, parent=self.secret_name
+        )
+        if listed is None:
+            return None
+        versions = list(listed)
         enabled = [v for v in versions if v.state == 1]
         return {"version": enabled[0].name.rsplit("/", 1)[1]} if enabled else None
 

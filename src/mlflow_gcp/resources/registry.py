@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import Change, Resource
-from ._common import field_change, is_not_found, label_changes, merged_labels
+from ._common import field_change, get_or_none, label_changes, merged_labels
 
 DESCRIPTION = "MLflow server images (managed by mlflow-gcp)"
 
@@ -20,15 +20,8 @@ class Repository(Resource):
         return f"projects/{n.project}/locations/{n.region}/repositories/{n.repository}"
 
     def find(self) -> Any | None:
-        from google.api_core import exceptions
-
         ar = self.ctx.clients.artifact_registry
-        try:
-            return self.ctx.api("artifactregistry.repositories.get", ar.get_repository, name=self.id())
-        except exceptions.GoogleAPICallError as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return get_or_none(self.ctx, "artifactregistry.repositories.get", ar.get_repository, name=self.id())
 
     def diff(self, actual: Any) -> list[Change]:
         return label_changes(actual.labels, self.ctx.names.labels) + field_change(

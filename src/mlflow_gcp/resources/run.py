@@ -8,11 +8,12 @@ from __future__ import annotations
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import __version__
 from ..engine import Change, Resource
 from ..tiers import max_connections
-from ._common import field_change, label_changes
+from ._common import field_change, get_or_none, label_changes
 
 CONTAINER_PORT = 8080
 # End-to-end HTTP/2: lifts Cloud Run's 32 MiB limit on HTTP/1 request bodies, so large model artifacts upload.
@@ -73,7 +74,8 @@ class Service(Resource):
         number = self.ctx.fact("project", "number")
         if number:
             urls.append(f"https://{n.service}-{number}.{n.region}.run.app")
-        if uri and uri.rstrip("/") not in urls:
+        # The server admits local hosts anyway (docker/entrypoint.py), so the emulator's URL needs no revision.
+        if uri and urlsplit(uri).hostname not in ("localhost", "127.0.0.1", "::1") and uri.rstrip("/") not in urls:
             urls.append(uri.rstrip("/"))
         return urls
 
@@ -161,13 +163,7 @@ class Service(Resource):
     # --- the surface --------------------------------------------------------------------------------------
 
     def find(self) -> Any | None:
-        from google.api_core import exceptions
-
-        run = self.ctx.clients.run_services
-        try:
-            return self.ctx.api("run.services.get", run.get_service, name=self.id())
-        except exceptions.NotFound:
-            return None
+        return get_or_none(self.ctx, "run.services.get", self.ctx.clients.run_services.get_service, name=self.id())
 
     def settle(self, actual: Any) -> Any:
         """Wait out a rollout still running (a run that died mid-deploy leaves one going on)."""

@@ -7,7 +7,7 @@ import secrets
 from typing import Any, ClassVar
 
 from ..engine import Change, Resource
-from ._common import is_not_found, label_changes, merged_labels
+from ._common import get_or_none, label_changes, merged_labels
 
 
 def generate(kind: str) -> str:
@@ -36,16 +36,9 @@ class Secret(Resource):
         return generate(self.secret)
 
     def find(self) -> Any | None:
-        from google.api_core import exceptions
-
         sm = self.ctx.clients.secrets
-        try:
-            secret = self.ctx.api(f"secretmanager.secrets.get {self.secret_id}", sm.get_secret, name=self.id())
-        except exceptions.GoogleAPICallError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-        return {"secret": secret, "version": self._pinned_version()}
+        secret = get_or_none(self.ctx, f"secretmanager.secrets.get {self.secret_id}", sm.get_secret, name=self.id())
+        return None if secret is None else {"secret": secret, "version": self._pinned_version()}
 
     def _pinned_version(self) -> str | None:
         """The version the stack uses: the one recorded in state if it is still enabled, else the newest enabled."""

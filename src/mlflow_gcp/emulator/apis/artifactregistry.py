@@ -35,6 +35,7 @@ from google.cloud.artifactregistry_v1 import types as ar
 from ..core.errors import GcpError, invalid
 from ..core.http import ApiModule, ApiRequest, route
 from ..core.images import ImageRecord
+from ..core.paging import page
 from ..core.validation import parse_proto, render
 from .imagebuild import MANIFEST_MEDIA_TYPE, now_rfc3339
 
@@ -83,24 +84,6 @@ def push_error_message(err: GcpError, parts: dict[str, str | None]) -> str:
 
 def _not_found() -> GcpError:
     return GcpError(404, NOT_FOUND_MESSAGE, "NOT_FOUND")
-
-
-def _page(items: list[Any], req: ApiRequest) -> tuple[list[Any], str]:
-    try:
-        size = int(req.args.get("pageSize", "0") or 0)
-    except ValueError:
-        raise invalid("Invalid value for page_size.") from None
-    if size < 0:
-        raise invalid("page_size must not be negative.")
-    size = min(size or _MAX_PAGE, _MAX_PAGE)
-    token = req.args.get("pageToken", "")
-    start = 0
-    if token:
-        try:
-            start = int(token)
-        except ValueError:
-            raise invalid("Invalid page token.") from None
-    return items[start : start + size], str(start + size) if start + size < len(items) else ""
 
 
 class ArtifactRegistryApi(ApiModule):
@@ -200,7 +183,7 @@ class ArtifactRegistryApi(ApiModule):
         repos = [r for r in self.world.store.list(self.REPO_KIND, prefix) if "/" not in r["name"][len(prefix) :]]
         if req.args.get("orderBy", "").strip().endswith("desc"):
             repos.reverse()
-        chunk, token = _page(repos, req)
+        chunk, token = page(repos, req.args, default=_MAX_PAGE, maximum=_MAX_PAGE)
         out: dict[str, Any] = {"repositories": [self._render_repo(r, req.enum_int) for r in chunk]}
         if token:
             out["nextPageToken"] = token
@@ -267,7 +250,7 @@ class ArtifactRegistryApi(ApiModule):
                 field, "name"
             )
             images.sort(key=lambda i: i.get(key, ""), reverse=direction.strip().lower() == "desc")
-        chunk, token = _page(images, req)
+        chunk, token = page(images, req.args, default=_MAX_PAGE, maximum=_MAX_PAGE)
         out: dict[str, Any] = {"dockerImages": [render(i, ar.DockerImage, req.enum_int) for i in chunk]}
         if token:
             out["nextPageToken"] = token

@@ -30,6 +30,7 @@ from urllib.parse import quote
 from ..core.errors import GcpError, aborted, failed_precondition, invalid, permission_denied
 from ..core.http import ApiModule, ApiRequest, route
 from ..core.iam import new_etag
+from ..core.paging import page
 from ..core.validation import validate_discovery
 
 if TYPE_CHECKING:
@@ -258,22 +259,12 @@ class IamApi(ApiModule):
             for sa in self.world.store.list(self.SA_KIND)
             if sa["projectId"] == pid and self._past_window(sa["email"])
         ]
-        try:
-            size = int(req.args.get("pageSize", "0") or 0)
-        except ValueError:
-            raise invalid("Invalid value for pageSize.") from None
-        size = min(size or 20, 100)
-        start = 0
-        if token := req.args.get("pageToken", ""):
-            try:
-                start = int(base64.urlsafe_b64decode(token.encode()).decode())
-            except ValueError:
-                raise invalid("Invalid page token.") from None
+        chunk, token = page(accounts, req.args, default=20, maximum=100, opaque=True)
         out: dict[str, Any] = {}
-        if chunk := accounts[start : start + size]:
+        if chunk:
             out["accounts"] = chunk
-        if start + size < len(accounts):
-            out["nextPageToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+        if token:
+            out["nextPageToken"] = token
         return out
 
     @route("GET", "/v1/projects/{project}/serviceAccounts/{account}", name="serviceAccounts.get", check_service=False)

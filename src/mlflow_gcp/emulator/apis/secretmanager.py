@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..core.errors import GcpError, aborted, failed_precondition, invalid, not_found
 from ..core.http import ApiModule, ApiRequest, route
+from ..core.paging import page
 from ..core.validation import normalize, parse_proto, render
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -72,27 +73,6 @@ def _expired(secret: dict[str, Any]) -> bool:
 def _camel(path: str) -> str:
     head, *rest = path.split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
-def _page(items: list[Any], req: ApiRequest) -> tuple[list[Any], str]:
-    """Offset pagination with opaque tokens, as the list methods page."""
-    try:
-        size = int(req.args.get("pageSize", "0") or 0)
-    except ValueError:
-        raise invalid("Invalid value for page_size.") from None
-    if size < 0:
-        raise invalid("page_size must not be negative.")
-    size = min(size or _MAX_PAGE, _MAX_PAGE)
-    token = req.args.get("pageToken", "")
-    start = 0
-    if token:
-        try:
-            start = int(base64.urlsafe_b64decode(token.encode()).decode())
-        except ValueError:
-            raise invalid("Invalid page token.") from None
-    chunk = items[start : start + size]
-    more = start + size < len(items)
-    return chunk, base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else ""
 
 
 class SecretManagerApi(ApiModule):
@@ -282,7 +262,7 @@ class SecretManagerApi(ApiModule):
         flt = req.args.get("filter", "")
         if flt:
             secrets = [s for s in secrets if self._matches(s, flt)]
-        chunk, token = _page(secrets, req)
+        chunk, token = page(secrets, req.args, default=_MAX_PAGE, maximum=_MAX_PAGE, opaque=True)
         out: dict[str, Any] = {"secrets": [render(s, smr.Secret, req.enum_int) for s in chunk]}
         if token:
             out["nextPageToken"] = token
@@ -472,7 +452,7 @@ class SecretManagerApi(ApiModule):
             if not m:
                 raise invalid(f"Invalid filter: {flt!r}.")
             versions = [v for v in versions if v["state"] == m.group(1)]
-        chunk, token = _page(versions, req)
+        chunk, token = page(versions, req.args, default=_MAX_PAGE, maximum=_MAX_PAGE, opaque=True)
         out: dict[str, Any] = {"versions": [render(v, smr.SecretVersion, req.enum_int) for v in chunk]}
         if token:
             out["nextPageToken"] = token

@@ -31,6 +31,7 @@ from google.iam.v1 import iam_policy_pb2
 from google.longrunning import operations_pb2
 from werkzeug.wrappers import Request, Response
 
+from ...core import paging
 from ...core.errors import GcpError, aborted, invalid, permission_denied
 from ...core.http import ApiModule, ApiRequest, json_response, route
 from ...core.images import ImageRecord
@@ -455,21 +456,11 @@ class CloudRunApi(ApiModule):
     def list_services(self, req: ApiRequest) -> dict[str, Any]:
         pid, loc = self._parent(req)
         items = self.world.store.list(SERVICE_KIND, f"projects/{pid}/locations/{loc}/services/")
-        page, token = self._page(items, req)
+        page, token = paging.page(items, req.args, default=100, maximum=1000)
         out: dict[str, Any] = {"services": [render(s, run_v2.Service, req.enum_int) for s in page]}
         if token:
             out["nextPageToken"] = token
         return out
-
-    @staticmethod
-    def _page(items: list[dict[str, Any]], req: ApiRequest) -> tuple[list[dict[str, Any]], str]:
-        try:
-            size = int(req.args.get("pageSize") or 0) or 100
-            start = int(req.args.get("pageToken") or 0)
-        except ValueError:
-            raise invalid("Invalid page token.") from None
-        end = start + min(size, 1000)
-        return items[start:end], (str(end) if end < len(items) else "")
 
     @route("PATCH", "/v2/projects/{project}/locations/{location}/services/{service}", name="services.update")
     def update_service(self, req: ApiRequest) -> dict[str, Any]:
@@ -593,7 +584,7 @@ class CloudRunApi(ApiModule):
         self._require_service(name)
         items = self.world.store.list(REVISION_KIND, f"{name}/revisions/")
         items.sort(key=lambda r: r["createTime"], reverse=True)  # newest first, as gcloud lists them
-        page, token = self._page(items, req)
+        page, token = paging.page(items, req.args, default=100, maximum=1000)
         out: dict[str, Any] = {"revisions": [render(r, run_v2.Revision, req.enum_int) for r in page]}
         if token:
             out["nextPageToken"] = token
@@ -674,7 +665,7 @@ class CloudRunApi(ApiModule):
         pid, loc = self._parent(req)
         names = self.world.store.names(Operations.KIND, f"projects/{pid}/locations/{loc}/operations/")
         ops = [self.world.store.get(Operations.KIND, n) or {} for n in names]
-        page, token = self._page(ops, req)
+        page, token = paging.page(ops, req.args, default=100, maximum=1000)
         out: dict[str, Any] = {"operations": page}
         if token:
             out["nextPageToken"] = token

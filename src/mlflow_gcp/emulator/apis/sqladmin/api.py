@@ -45,6 +45,7 @@ from psycopg import sql
 from .... import tiers
 from ...core.errors import GcpError
 from ...core.http import ApiModule, ApiRequest, route
+from ...core.paging import page
 from ...core.validation import validate_discovery
 from .postgres import (
     INSTALL_HINT,
@@ -700,13 +701,12 @@ class SqlAdminApi(ApiModule):
         items = self.world.store.list(KIND_INSTANCE, prefix=f"{pid}/")
         if flt := req.args.get("filter", "").strip():
             items = [i for i in items if _matches(i, flt)]
-        start = int(req.args.get("pageToken") or 0)
-        size = int(req.args.get("maxResults") or 500)
+        chunk, token = page(items, req.args, default=500, maximum=500, size_arg="maxResults")
         out: dict[str, Any] = {"kind": "sql#instancesList"}
-        if page := items[start : start + size]:
-            out["items"] = page
-        if start + size < len(items):
-            out["nextPageToken"] = str(start + size)
+        if chunk:
+            out["items"] = chunk
+        if token:
+            out["nextPageToken"] = token
         return out
 
     @route("PATCH", "/v1/projects/{project}/instances/{instance}", name="instances.patch")
@@ -979,13 +979,12 @@ class SqlAdminApi(ApiModule):
         if instance:
             ops = [op for op in ops if op["targetId"] == instance]
         ops.sort(key=lambda op: op["insertTime"], reverse=True)
-        start = int(req.args.get("pageToken") or 0)
-        size = int(req.args.get("maxResults") or 500)
+        chunk, token = page(ops, req.args, default=500, maximum=500, size_arg="maxResults")
         out: dict[str, Any] = {"kind": "sql#operationsList"}
-        if page := ops[start : start + size]:
-            out["items"] = page
-        if start + size < len(ops):
-            out["nextPageToken"] = str(start + size)
+        if chunk:
+            out["items"] = chunk
+        if token:
+            out["nextPageToken"] = token
         return out
 
 

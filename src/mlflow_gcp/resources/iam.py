@@ -77,10 +77,38 @@ def org_policy_error(exc: BaseException, member: str) -> GcpPermissionError | No
     return None
 
 
+class _PolicyBindings(Resource):
+    """Bindings we own in one resource's policy: granted when missing, revoked by `down`, others left alone."""
+
+    def wanted(self) -> set[Binding]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _pairs(policy: Any) -> list[tuple[str, list[str]]]:
+        """(role, members) of each binding in the policy as its client returns it."""
+        raise NotImplementedError
+
+    def _edit(self, add: set[Binding], remove: set[Binding]) -> Any:
+        raise NotImplementedError
+
+    def diff(self, actual: Any) -> list[Change]:
+        missing = _missing(self._pairs(actual), self.wanted())
+        return [Change(f"{role} for {member}", "absent", "granted") for role, member in sorted(missing)]
+
+    def update(self, actual: Any, changes: list[Change]) -> Any:
+        return self._edit(self.wanted(), set())
+
+    def delete(self, actual: Any) -> None:
+        self._edit(set(), self.wanted())
+
+    def facts(self, actual: Any) -> dict[str, Any]:
+        return {"id": self.id(), "bindings": sorted(f"{r} {m}" for r, m in self.wanted())}
+
+
 # --- project -------------------------------------------------------------------------------------------
 
 
-class ProjectBindings(Resource):
+class ProjectBindings(_PolicyBindings):
     key = "iam:project"
     kind = "project IAM bindings"
     depends_on = ("sa:runtime",)
@@ -102,10 +130,6 @@ class ProjectBindings(Resource):
 
     def find(self) -> Any:
         return self.ctx.api("resourcemanager.projects.getIamPolicy", self._read)
-
-    def diff(self, actual: Any) -> list[Change]:
-        missing = _missing(self._pairs(actual), self.wanted())
-        return [Change(f"{role} for {member}", "absent", "granted") for role, member in sorted(missing)]
 
     def create(self) -> Any:  # pragma: no cover - a project always has a policy
         raise AssertionError("unreachable")
@@ -139,15 +163,6 @@ class ProjectBindings(Resource):
             lambda policy: rm.set_iam_policy(request={"resource": self.id(), "policy": policy}),
             mutate,
         )
-
-    def update(self, actual: Any, changes: list[Change]) -> Any:
-        return self._edit(self.wanted(), set())
-
-    def delete(self, actual: Any) -> None:
-        self._edit(set(), self.wanted())
-
-    def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "bindings": sorted(f"{r} {m}" for r, m in self.wanted())}
 
 
 # --- secrets -------------------------------------------------------------------------------------------
@@ -229,7 +244,7 @@ class SecretBindings(Resource):
 # --- bucket --------------------------------------------------------------------------------------------
 
 
-class BucketBindings(Resource):
+class BucketBindings(_PolicyBindings):
     """The runtime account gets object access on the artifact bucket only; `artifacts.users` may read it."""
 
     key = "iam:bucket"
@@ -263,10 +278,6 @@ class BucketBindings(Resource):
     def _pairs(policy: Any) -> list[tuple[str, list[str]]]:
         return [(b["role"], list(b["members"])) for b in policy.bindings]
 
-    def diff(self, actual: Any) -> list[Change]:
-        missing = _missing(self._pairs(actual), self.wanted())
-        return [Change(f"{role} for {member}", "absent", "granted") for role, member in sorted(missing)]
-
     def create(self) -> Any:  # pragma: no cover - the bucket step runs first
         raise AssertionError("the bucket does not exist")
 
@@ -298,15 +309,6 @@ class BucketBindings(Resource):
             bucket.set_iam_policy,
             mutate,
         )
-
-    def update(self, actual: Any, changes: list[Change]) -> Any:
-        return self._edit(self.wanted(), set())
-
-    def delete(self, actual: Any) -> None:
-        self._edit(set(), self.wanted())
-
-    def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "bindings": sorted(f"{r} {m}" for r, m in self.wanted())}
 
 
 # --- Cloud Run invoker ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ eventual-consistency errors a provisioning run meets. Everything else surfaces a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +23,14 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+#: REST transports prefix Google's message with the request line; the message is what a user needs.
+_REQUEST_LINE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ")
+
+
 def error_text(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     if isinstance(message, str):
-        return message
+        return _REQUEST_LINE.sub("", message)
     reason = getattr(exc, "reason", None)  # googleapiclient.errors.HttpError
     return reason if isinstance(reason, str) else str(exc)
 

@@ -37,7 +37,7 @@ SEED = 20261127
 
 
 def _mutations(admin, since: int) -> list[str]:
-    return [f'{e["method"]} {e["path"]}' for e in admin.requests(since) if e["mutating"]]
+    return [f"{e['method']} {e['path']}" for e in admin.requests(since) if e["mutating"]]
 
 
 @pytest.fixture(scope="module")

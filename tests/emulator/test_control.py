@@ -130,3 +130,19 @@ def test_daemon_keeps_resources_across_restarts(tmp_path_factory):
     while time.monotonic() < deadline and find_running(data_dir):
         time.sleep(0.1)
     assert find_running(data_dir) is None
+
+
+def test_denied_permissions_answer_each_api_in_its_own_shape(clients, project, admin):
+    from googleapiclient.errors import HttpError
+
+    admin.settings(denied_permissions=["resourcemanager.projects.setIamPolicy", "cloudsql.instances.list"])
+    with pytest.raises(exceptions.Forbidden) as refused:
+        _grant(clients, project, "user:a@example.com")
+    assert refused.value.reason == "IAM_PERMISSION_DENIED"
+    assert refused.value.metadata["permission"] == "resourcemanager.projects.setIamPolicy"
+    assert "user:a@example.com" not in _members(clients, project)  # reads are not refused
+    with pytest.raises(HttpError) as legacy:
+        clients.sqladmin().instances().list(project=project).execute()
+    assert legacy.value.resp.status == 403 and legacy.value.error_details[0]["reason"] == "notAuthorized"
+    admin.settings(denied_permissions=[])
+    _grant(clients, project, "user:a@example.com")

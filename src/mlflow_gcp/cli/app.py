@@ -156,8 +156,9 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _describe_unexpected(exc: BaseException) -> tuple[str, ExitCode]:
+def _describe_unexpected(exc: BaseException, step: str | None = None) -> tuple[str, ExitCode]:
     from ..engine import StepFailed
+    from ..permissions import permission_hint
     from ..retry import error_text, http_status
 
     if isinstance(exc, StepFailed):
@@ -165,19 +166,15 @@ def _describe_unexpected(exc: BaseException) -> tuple[str, ExitCode]:
         code = ExitCode.FAILED
         for key, err in exc.failures.items():
             message, err_code = (
-                (str(err), err.exit_code) if isinstance(err, MlflowGcpError) else _describe_unexpected(err)
+                (str(err), err.exit_code) if isinstance(err, MlflowGcpError) else _describe_unexpected(err, key)
             )
-            lines.append(f"{key}: {message}")
+            lines.append(f"{key}: {message}".replace("\n", "\n  "))
             if err_code != ExitCode.FAILED:
                 code = err_code
         return "Some steps failed (run the command again to retry them):\n  " + "\n  ".join(lines), code
     status = http_status(exc)
     if status == 403:
-        return (
-            f"Google refused: {error_text(exc)}\n  hint: your account lacks a permission this step needs; the "
-            "message names it. roles/owner on the project covers everything mlflow-gcp does.",
-            ExitCode.PERMISSION,
-        )
+        return f"Google refused: {error_text(exc)}\n  hint: {permission_hint(exc, step)}", ExitCode.PERMISSION
     if status is not None:
         return f"Google Cloud answered {status}: {error_text(exc)}", ExitCode.FAILED
     return f"Unexpected error: {type(exc).__name__}: {exc} (run with -vv for details)", ExitCode.FAILED

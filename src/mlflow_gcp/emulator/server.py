@@ -30,6 +30,7 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from .core import permissions
 from .core.control import Settings
 from .core.errors import GcpError
 from .core.http import ApiModule, ApiRequest, Route, error_response, json_response
@@ -103,6 +104,10 @@ class EmulatorApp:
             fault = world.control.maybe_fault(api, route.name)
             if fault is not None:
                 raise fault
+            if (denied := world.control.settings.denied_permissions) and (
+                needed := permissions.permission(api, route.name)
+            ) in denied:
+                raise permissions.denied(api, module.service, needed, request.path)
             if delay := world.control.delay("request"):
                 time.sleep(delay)
             if route.check_service and module.service and "project" in params:

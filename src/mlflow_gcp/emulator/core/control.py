@@ -58,6 +58,9 @@ class Settings(BaseModel):
     iam_propagation_seconds: float = Field(0.0, ge=0)
     policy_conflict_rate: float = Field(0.0, ge=0, le=1)
 
+    #: IAM permissions the caller lacks (e.g. "secretmanager.secrets.create"): calls needing one answer 403.
+    denied_permissions: list[str] = []
+
     domain_restricted_sharing: bool = False
     #: Cloud SQL keeps a deleted instance's name reserved for a week; off lets tests reuse names at once.
     sql_name_reuse_blocked: bool = True

@@ -87,8 +87,9 @@ class Resource(ABC):
         """Fields we own that differ between ``actual`` and what they should be."""
         return []
 
-    def settle(self, actual: Any) -> Any:
-        """Wait until a found resource is usable (e.g. still being created by a run that died); return it."""
+    def settle(self, actual: Any) -> Any | None:
+        """Wait until a found resource is usable (e.g. still being created by a run that died); return it, or
+        None if it went away meanwhile (a deletion a killed `down` started)."""
         return actual
 
     @abstractmethod
@@ -181,6 +182,8 @@ class Engine:
             self.ctx.publish(r.key, r.planned_facts())
             return Outcome(r.key, r.kind, r.id(), "would create", reason="its API is not enabled",
                            seconds=time.monotonic() - started)  # fmt: skip
+        if actual is not None and not dry_run:
+            actual = r.settle(actual)
         if actual is None:
             if dry_run:
                 self.ctx.publish(r.key, r.planned_facts())
@@ -190,8 +193,6 @@ class Engine:
             action: Action = "created"
             changes: list[Change] = []
         else:
-            if not dry_run:
-                actual = r.settle(actual)
             changes = r.diff(actual)
             if not changes:
                 action = "unchanged"
@@ -226,6 +227,8 @@ class Engine:
                            reason=f"with {r.deleted_with}")  # fmt: skip
         self.reporter.started(r, "checking")
         actual = r.find()
+        if actual is not None and not dry_run:
+            actual = r.settle(actual)
         if actual is None:
             if not dry_run:
                 self.ctx.state.forget(r.key)
@@ -233,7 +236,13 @@ class Engine:
         if dry_run:
             return Outcome(r.key, r.kind, r.id(), "would delete")
         self.reporter.started(r, "deleting")
-        r.delete(actual)
+        try:
+            r.delete(actual)
+        except Exception as exc:
+            from .retry import http_status
+
+            if http_status(exc) != 404:  # gone already: a deletion another run started finished first
+                raise
         self.ctx.state.forget(r.key)
         return Outcome(r.key, r.kind, r.id(), "deleted", seconds=time.monotonic() - started)
 

@@ -363,9 +363,10 @@ class Rotation:
     def _settled(svc: Any) -> Any:
         """The live service once no rollout runs (a run that died may have left one going)."""
         live = svc.find()
+        live = svc.settle(live) if live is not None else None
         if live is None:
             raise MlflowGcpError("The Cloud Run service does not exist.", hint="Run `mlflow-gcp up` to repair it.")
-        return svc.settle(live)
+        return live
 
     def _health(self, rot: dict[str, Any]) -> Any:
         from .health import check

@@ -165,12 +165,12 @@ class Service(Resource):
     def find(self) -> Any | None:
         return get_or_none(self.ctx, "run.services.get", self.ctx.clients.run_services.get_service, name=self.id())
 
-    def settle(self, actual: Any) -> Any:
-        """Wait out a rollout still running (a run that died mid-deploy leaves one going on)."""
+    def settle(self, actual: Any) -> Any | None:
+        """Wait out a rollout or deletion still running (a run that died mid-deploy leaves one going on)."""
         deadline = time.monotonic() + self.ctx.deadline
-        while actual.reconciling and time.monotonic() < deadline:
+        while actual is not None and actual.reconciling and time.monotonic() < deadline:
             time.sleep(1.0)
-            actual = self.find() or actual
+            actual = self.find()
         return actual
 
     def _template_changes(self, actual: Any) -> list[Change]:

@@ -163,12 +163,14 @@ class Instance(Resource):
         wait_operation(self.ctx, op, f"Creating Cloud SQL instance {n.instance}", timeout=max(self.ctx.deadline, 2400))
         return self.find()
 
-    def settle(self, actual: Any) -> Any:
+    def settle(self, actual: Any) -> Any | None:
         """Wait out an instance still being created (a run that died mid-create leaves one PENDING_CREATE)."""
         deadline = time.monotonic() + max(self.ctx.deadline, 2400)
-        while actual.get("state") in ("PENDING_CREATE", "MAINTENANCE") and time.monotonic() < deadline:
+        while actual is not None and actual.get("state") in ("PENDING_CREATE", "MAINTENANCE"):
+            if time.monotonic() > deadline:
+                break
             time.sleep(2)
-            actual = self.find() or actual
+            actual = self.find()
         return actual
 
     def update(self, actual: Any, changes: list[Change]) -> Any:

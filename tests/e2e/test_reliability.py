@@ -117,8 +117,10 @@ def _down_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, point
         cli("up")
         code = _kill_at(cli, admin, k, "down", "--delete-data", "--yes")
         assert code in (-signal.SIGKILL, 0), f"kill point {k}: exit {code}"
+        started = time.monotonic()
         cli("down", "--delete-data", "--yes", "--break-lock")
         assert snapshot(clients, cli.project) == baseline["empty"], f"down kill point {k}"
+        print(f"  down kill point {k}: converged, recovery {time.monotonic() - started:.1f}s", flush=True)
     print(f"\ndown kill points {points} of {baseline['down']}")
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,10 @@ def cli(emulator: Emulator, tmp_path: Path) -> Cli:
 
 
 @pytest.fixture
-def admin(emulator: Emulator) -> EmulatorAdmin:
-    return EmulatorAdmin(emulator.base_url)
+def admin(emulator: Emulator) -> Iterator[EmulatorAdmin]:
+    yield EmulatorAdmin(emulator.base_url)
+    # Settings never leak from one test into the next (faults, denials, org policies).
+    emulator.world.control.reset()
 
 
 @pytest.fixture

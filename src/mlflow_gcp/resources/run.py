@@ -215,7 +215,8 @@ class Service(Resource):
         labels = dict(actual.labels)
         labels.update(service.labels)
         service.labels = labels
-        if any(c.field == READY for c in changes) and not self._template_changes(actual):
+        fields = {c.field for c in changes}
+        if READY in fields and fields <= {READY, "labels"}:
             # An unchanged template makes no new revision; an explicit, unused revision name does.
             service.template.revision = f"{self.ctx.names.service}-{secrets.token_hex(3)}"
         op = self.ctx.api("run.services.update", run.update_service, service=service)

@@ -11,7 +11,7 @@ from typing import Any
 from ..engine import Change, Resource
 from ..errors import MlflowGcpError
 from ..retry import http_status
-from ._common import field_change, label_changes, merged_labels
+from ._common import field_change, get_or_none, label_changes, merged_labels
 
 SSL_MODE = "ENCRYPTED_ONLY"
 
@@ -42,10 +42,8 @@ def _get_or_none(ctx: Any, what: str, request: Any, *, on_instance: bool = False
     from googleapiclient.errors import HttpError
 
     try:
-        return ctx.api(what, request.execute)
+        return get_or_none(ctx, what, request.execute)
     except HttpError as exc:
-        if http_status(exc) == 404:
-            return None
         if on_instance and http_status(exc) == 403 and not _instance_exists(ctx):
             return None
         raise

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import GcpError
 
 #: Emulator module -> the permission prefix of its service.
@@ -54,7 +56,7 @@ def denied(api: str, service: str | None, perm: str, path: str) -> GcpError:
             f"Permission '{perm}' denied on resource (or it may not exist).",
             reason="forbidden",
         )
-    resource = path.split("/v1/", 1)[-1].split("/v2/", 1)[-1].split("/v3/", 1)[-1].split(":", 1)[0]
+    resource = re.sub(r"^.*?/v\d+/|:.*$", "", path)  # /secretmanager/v1/projects/p/secrets:x -> projects/p/secrets
     return GcpError(
         403,
         f"Permission '{perm}' denied on resource '{resource}' (or it may not exist).",

@@ -785,11 +785,7 @@ class SqlAdminApi(ApiModule):
         body = req.json()
         validate_discovery(body, "sqladmin", "v1", "Database")
         pid = self._project(req)["projectId"]
-        name = body.get("name")
-        if not name:
-            raise _invalid("Missing parameter: database name.")
-        if len(name.encode()) > 63 or "\x00" in name:
-            raise _invalid(f"Invalid database name ({name}).")
+        name = _role_or_database_name(body, "database")
         if body.get("charset") and body["charset"].upper().replace("-", "") != "UTF8":
             raise _invalid(f"Invalid charset ({body['charset']}): PostgreSQL databases use UTF8.")
         with self._lock:
@@ -876,12 +872,8 @@ class SqlAdminApi(ApiModule):
         body = req.json()
         validate_discovery(body, "sqladmin", "v1", "User")
         pid = self._project(req)["projectId"]
-        name = body.get("name")
-        if not name:
-            raise _invalid("Missing parameter: user name.")
+        name = _role_or_database_name(body, "user")
         password = self._check_user_body(body)
-        if len(name.encode()) > 63 or "\x00" in name:
-            raise _invalid(f"Invalid user name ({name}).")
         with self._lock:
             _, server = self._running(pid, req["instance"])
             self._check_idle(pid, req["instance"])
@@ -986,6 +978,16 @@ class SqlAdminApi(ApiModule):
         if token:
             out["nextPageToken"] = token
         return out
+
+
+def _role_or_database_name(body: dict[str, Any], what: str) -> str:
+    """A PostgreSQL identifier: present, at most 63 bytes (NAMEDATALEN - 1), no NUL."""
+    name = body.get("name")
+    if not name:
+        raise _invalid(f"Missing parameter: {what} name.")
+    if len(name.encode()) > 63 or "\x00" in name:
+        raise _invalid(f"Invalid {what} name ({name}).")
+    return str(name)
 
 
 #: Top-level instance fields a patch may change (besides settings).

@@ -20,6 +20,21 @@ if ! have_postgres; then
     exit 1
   fi
 fi
+# Cloud SQL's PostgreSQL databases use the en_US.UTF8 collation; the emulator's servers need that locale on the host
+# (without it they fall back to C.UTF-8 and report so, which the tool rightly sees as a different collation).
+have_locale() { locale -a 2>/dev/null | grep -qi '^en_US\.utf-\?8$'; }
+if ! have_locale; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if [ -z "$SUDO" ] || command -v sudo >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq locales >/dev/null
+    $SUDO sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen
+    $SUDO locale-gen >/dev/null
+  else
+    echo "The en_US.UTF-8 locale is needed for the emulated Cloud SQL: install and generate it (locale-gen)." >&2
+    exit 1
+  fi
+fi
 # The emulator runs PostgreSQL as the unprivileged 'postgres' user when started as root (initdb refuses root).
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres

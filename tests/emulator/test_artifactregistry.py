@@ -58,12 +58,15 @@ def test_repository_lifecycle_runs_operations(clients, enabled_project, admin):
     assert repo.name == name
     assert repo.format_ == ar.Repository.Format.DOCKER
     assert repo.mode == ar.Repository.Mode.STANDARD_REPOSITORY
-    assert repo.registry_uri == f"{LOCATION}-docker.pkg.dev/{enabled_project}/images"
+    # The operation's response has no registryUri nor times; GET has them
+    # (recorded: tests/golden/recordings/artifactregistry-repository.log).
+    assert repo.registry_uri == "" and not repo.create_time
 
     client = clients.artifact_registry()
     got = client.get_repository(name=name)
     assert got.description == "MLflow images" and dict(got.labels) == {"app": "mlflow"}
     assert got.create_time.timestamp() > 0
+    assert got.registry_uri == f"{LOCATION}-docker.pkg.dev/{enabled_project}/images"
     assert [r.name for r in client.list_repositories(parent=f"projects/{enabled_project}/locations/{LOCATION}")] == [
         name
     ]
@@ -74,6 +77,51 @@ def test_repository_lifecycle_runs_operations(clients, enabled_project, admin):
         client.get_repository(name=name)
     with pytest.raises(exceptions.NotFound):
         client.delete_repository(name=name)
+
+
+def test_repository_update_is_synchronous_and_honours_the_mask(clients, enabled_project):
+    _create(clients, enabled_project, description="old", labels={"app": "mlflow"})
+    client = clients.artifact_registry()
+    name = f"projects/{enabled_project}/locations/{LOCATION}/repositories/images"
+    before = client.get_repository(name=name)
+    updated = client.update_repository(
+        repository=ar.Repository(name=name, description="new", labels={"other": "x"}),
+        update_mask={"paths": ["description"]},
+    )
+    assert updated.description == "new" and dict(updated.labels) == {"app": "mlflow"}
+    assert updated.update_time >= before.update_time
+    assert client.get_repository(name=name).description == "new"
+    with pytest.raises(exceptions.BadRequest):
+        client.update_repository(
+            repository=ar.Repository(name=name, format_=ar.Repository.Format.MAVEN), update_mask={"paths": ["format"]}
+        )
+    with pytest.raises(exceptions.NotFound):
+        client.update_repository(
+            repository=ar.Repository(name=name + "-missing", description="x"), update_mask={"paths": ["description"]}
+        )
+
+
+def test_repositories_report_their_scanning_state(clients, enabled_project):
+    # recorded: tests/golden/recordings/artifactregistry-repository.log
+    standard = _create(clients, enabled_project)
+    virtual = _create(
+        clients,
+        enabled_project,
+        "virtual",
+        mode=ar.Repository.Mode.VIRTUAL_REPOSITORY,
+        virtual_repository_config=ar.VirtualRepositoryConfig(
+            upstream_policies=[ar.UpstreamPolicy(id="up", repository=standard.name, priority=1)]
+        ),
+    )
+    state = ar.Repository.VulnerabilityScanningConfig.EnablementState
+    assert standard.satisfies_pzi and virtual.satisfies_pzi
+    assert standard.vulnerability_scanning_config.enablement_state == state.SCANNING_DISABLED
+    assert "containerscanning.googleapis.com is not enabled" in (
+        standard.vulnerability_scanning_config.enablement_state_reason
+    )
+    assert virtual.vulnerability_scanning_config.enablement_state == state.SCANNING_UNSUPPORTED
+    got = clients.artifact_registry().get_repository(name=virtual.name)
+    assert got.virtual_repository_config.upstream_policies[0].repository == standard.name
 
 
 def test_duplicate_repository_is_409(clients, enabled_project):

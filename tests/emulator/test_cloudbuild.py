@@ -23,12 +23,6 @@ ENTRYPOINT ["python", "/srv/main.py"]
 """
 
 
-@pytest.fixture
-def storage_available(admin):
-    if "storage" not in admin.health()["apis"]:
-        pytest.skip("Cloud Storage is not emulated in this checkout yet; builds need a source tarball")
-
-
 def _tarball(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -60,9 +54,7 @@ def _build_and_push(image: str) -> list[cb.BuildStep]:
     ]
 
 
-def test_build_from_a_gcs_tarball_pushes_to_artifact_registry(
-    clients, enabled_project, emulator, admin, storage_available
-):
+def test_build_from_a_gcs_tarball_pushes_to_artifact_registry(clients, enabled_project, emulator, admin):
     _repo(clients, enabled_project)
     source = _upload(
         clients,
@@ -106,7 +98,7 @@ def test_build_from_a_gcs_tarball_pushes_to_artifact_registry(
     assert "Step #0: Successfully tagged" in log and "DONE" in log
 
 
-def test_a_failing_step_fails_the_build(clients, enabled_project, storage_available):
+def test_a_failing_step_fails_the_build(clients, enabled_project):
     source = _upload(clients, enabled_project, {"Dockerfile": b"FROM python:3.11-slim\nCOPY missing.py /srv/\n"})
     image = f"{LOCATION}-docker.pkg.dev/{enabled_project}/images/mlflow:v1"
     op = clients.cloud_build().create_build(
@@ -124,7 +116,7 @@ def test_a_failing_step_fails_the_build(clients, enabled_project, storage_availa
     assert [s.status for s in build.steps] == [cb.Build.Status.FAILURE, cb.Build.Status.QUEUED]
 
 
-def test_pushing_to_a_missing_repository_fails_the_step(clients, enabled_project, emulator, storage_available):
+def test_pushing_to_a_missing_repository_fails_the_step(clients, enabled_project, emulator):
     source = _upload(clients, enabled_project, {"Dockerfile": DOCKERFILE, "main.py": b""})
     image = f"{LOCATION}-docker.pkg.dev/{enabled_project}/images/mlflow:v1"
     op = clients.cloud_build().create_build(
@@ -137,7 +129,7 @@ def test_pushing_to_a_missing_repository_fails_the_step(clients, enabled_project
     assert 'Step #1: name unknown: Repository "images" not found' in log
 
 
-def test_a_missing_source_object_fails_the_fetch(clients, enabled_project, storage_available):
+def test_a_missing_source_object_fails_the_fetch(clients, enabled_project):
     clients.storage(enabled_project).create_bucket(f"{enabled_project}-empty")
     op = clients.cloud_build().create_build(
         project_id=enabled_project,
@@ -153,7 +145,7 @@ def test_a_missing_source_object_fails_the_fetch(clients, enabled_project, stora
     assert f"gs://{enabled_project}-empty/nope.tgz" in build.status_detail
 
 
-def test_images_must_be_built_by_a_step(clients, enabled_project, storage_available):
+def test_images_must_be_built_by_a_step(clients, enabled_project):
     _repo(clients, enabled_project)
     source = _upload(clients, enabled_project, {"Dockerfile": DOCKERFILE, "main.py": b""})
     never = f"{LOCATION}-docker.pkg.dev/{enabled_project}/images/never-built:v1"
@@ -171,7 +163,7 @@ def test_images_must_be_built_by_a_step(clients, enabled_project, storage_availa
     assert build.steps[0].status == cb.Build.Status.SUCCESS
 
 
-def test_regional_builds_and_operations(clients, enabled_project, storage_available):
+def test_regional_builds_and_operations(clients, enabled_project):
     _repo(clients, enabled_project)
     source = _upload(clients, enabled_project, {"Dockerfile": DOCKERFILE, "main.py": b""})
     image = f"{LOCATION}-docker.pkg.dev/{enabled_project}/images/mlflow:v2"

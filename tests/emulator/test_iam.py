@@ -57,8 +57,11 @@ def test_create_get_list_patch_delete(clients, enabled_project):
     patched = sas.patch(
         name=sa["name"], body={"serviceAccount": {"displayName": "Renamed"}, "updateMask": "displayName"}
     ).execute()
-    assert patched["displayName"] == "Renamed" and patched["description"] == "runs the server"
-    assert patched["etag"] != sa["etag"]
+    # GCP answers a patch with the name and the masked fields only (recorded: iam-serviceaccount.log).
+    assert patched == {"name": sa["name"], "displayName": "Renamed"}
+    got = sas.get(name=sa["name"]).execute()
+    assert got["displayName"] == "Renamed" and got["description"] == "runs the server"
+    assert got["etag"] != sa["etag"]
     stale = {"serviceAccount": {"displayName": "X", "etag": sa["etag"]}, "updateMask": "displayName"}
     assert _status(sas.patch(name=sa["name"], body=stale)) == 409
     assert _status(sas.patch(name=sa["name"], body={"serviceAccount": {"email": "x"}, "updateMask": "email"})) == 400
@@ -100,6 +103,7 @@ def test_keys_create_list_get_delete(clients, enabled_project):
     keys = _accounts(clients).keys()
     key = keys.create(name=sa["name"], body={}).execute()
     assert key["name"].startswith(f"{sa['name']}/keys/")
+    assert "publicKeyData" not in key  # only keys.get returns it (recorded: iam-serviceaccountkey.log)
     assert key["keyType"] == "USER_MANAGED" and key["privateKeyType"] == "TYPE_GOOGLE_CREDENTIALS_FILE"
     info = json.loads(base64.b64decode(key["privateKeyData"]))
     assert info["type"] == "service_account" and info["client_email"] == sa["email"]
@@ -192,3 +196,28 @@ def test_cross_module_existence(emulator, clients, enabled_project):
     assert api.service_account_exists(f"{number}-compute@developer.gserviceaccount.com")
     assert api.service_account_visible(f"service-{number}@gcp-sa-secretmanager.iam.gserviceaccount.com")
     assert not api.service_account_exists("999-compute@developer.gserviceaccount.com")
+
+
+def test_deleted_account_stays_in_policies_as_deleted(clients, enabled_project, emulator):
+    # GCP rewrites a deleted account's grants to `deleted:serviceAccount:EMAIL?uid=N` (recorded:
+    # tests/golden/recordings/project-iam-and-serviceaccount.log).
+    import requests
+
+    sa = _create(clients, enabled_project)
+    url = f"{emulator.base_url}/resourcemanager/v1/projects/{enabled_project}"
+    policy = requests.post(f"{url}:getIamPolicy", json={}, timeout=5).json()
+    member = f"serviceAccount:{sa['email']}"
+    policy["bindings"].append({"role": "roles/viewer", "members": [member]})
+    assert requests.post(f"{url}:setIamPolicy", json={"policy": policy}, timeout=5).status_code == 200
+    _accounts(clients).delete(name=sa["name"]).execute()
+    members = {
+        m for b in requests.post(f"{url}:getIamPolicy", json={}, timeout=5).json()["bindings"] for m in b["members"]
+    }
+    assert member not in members
+    assert f"deleted:{member}?uid={sa['uniqueId']}" in members
+    # A new account of the same name does not inherit the grant.
+    _create(clients, enabled_project)
+    members = {
+        m for b in requests.post(f"{url}:getIamPolicy", json={}, timeout=5).json()["bindings"] for m in b["members"]
+    }
+    assert member not in members

@@ -291,9 +291,8 @@ def test_create_polls_an_operation_then_serves_the_revision(emulator, clients, e
     }
     latest = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
     assert [(t.type_, t.percent) for t in svc.traffic] == [(latest, 100)]
-    assert [(t.type_, t.percent, t.revision) for t in svc.traffic_statuses] == [
-        (latest, 100, svc.latest_ready_revision.rsplit("/", 1)[1])
-    ]
+    # A LATEST target's status names no revision (recorded: tests/golden/recordings/run-service.tf.yaml).
+    assert [(t.type_, t.percent, t.revision) for t in svc.traffic_statuses] == [(latest, 100, "")]
     # Cloud Run's defaults are filled in.
     container = svc.template.containers[0]
     assert svc.template.service_account == _compute_sa(clients, enabled_project)
@@ -319,6 +318,31 @@ def test_create_polls_an_operation_then_serves_the_revision(emulator, clients, e
     assert {c.type_: c.state.name for c in revisions[0].conditions}["Ready"] == "CONDITION_SUCCEEDED"
     with pytest.raises(exceptions.Conflict, match="already exists"):
         _deploy(clients, enabled_project, _service(uri))
+
+
+def test_googles_public_sample_image_is_served(emulator, clients, enabled_project):
+    # GCP deploys and serves gcr.io/cloudrun/hello (recorded: tests/golden/recordings/run-service.tf.yaml);
+    # the emulator runs a built-in stand-in for it, behind the service's front end.
+    run = clients.run_services()
+    op = run.create_service(
+        parent=f"projects/{enabled_project}/locations/{LOCATION}",
+        service=_service("gcr.io/cloudrun/hello"),
+        service_id="hello",
+    )
+    first = op.metadata  # the service as accepted: no status yet
+    assert first.reconciling and first.terminal_condition.state == run_v2.Condition.State.CONDITION_PENDING
+    assert not first.uri and not first.latest_created_revision and not first.conditions
+    svc = _wait(op)
+    assert svc.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert op.metadata.observed_generation == 1 and op.metadata.latest_ready_revision == svc.latest_ready_revision
+    r = requests.get(svc.uri, timeout=10)
+    assert r.status_code == 200 and "It's running!" in r.text
+    assert svc.latest_ready_revision.rsplit("/", 1)[1] in r.text
+
+    deleting = run.delete_service(name=svc.name)
+    assert deleting.metadata.generation == 2 and deleting.metadata.delete_time and deleting.metadata.expire_time
+    deleted = _wait(deleting)
+    assert deleted.observed_generation == 2 and not deleted.reconciling
 
 
 def test_missing_image_fails_the_deploy(emulator, clients, enabled_project):

@@ -156,6 +156,20 @@ def test_disable_enable_destroy_and_access_errors(emulator, clients, enabled_pro
     assert [v.name for v in enabled] == [v1.name]
 
 
+def test_transitions_with_the_current_etag_answer_the_whole_version(clients, enabled_project):
+    # recorded: tests/golden/recordings/secretmanager-version.log: disable then destroy, each with the etag
+    # of the version as last read, answer the whole version (replicationStatus included).
+    sm = clients.secret_manager()
+    secret = _secret(sm, enabled_project)
+    version = sm.get_secret_version(name=_add(sm, secret.name, b"x").name)
+    disabled = sm.disable_secret_version(request={"name": version.name, "etag": version.etag})
+    assert disabled.state == State.DISABLED and disabled.create_time and disabled.etag
+    assert "automatic" in disabled.replication_status
+    destroyed = sm.destroy_secret_version(request={"name": version.name, "etag": disabled.etag})
+    assert destroyed.state == State.DESTROYED and destroyed.destroy_time and destroyed.create_time
+    assert destroyed.replication_status == disabled.replication_status
+
+
 def test_crc32c_mismatch_is_refused(clients, enabled_project):
     sm = clients.secret_manager()
     secret = _secret(sm, enabled_project)

@@ -42,9 +42,7 @@ def test_unknown_service_is_refused(clients, project):
     assert err.value.reason == "SERVICE_CONFIG_NOT_FOUND_OR_PERMISSION_DENIED"
 
 
-def test_disabled_api_answers_service_disabled(clients, project, admin):
-    if "secretmanager" not in admin.health()["apis"]:
-        pytest.skip("secret manager not emulated yet")
+def test_disabled_api_answers_service_disabled(clients, project):
     with pytest.raises(exceptions.Forbidden) as err:
         clients.secret_manager().list_secrets(parent=f"projects/{project}")
     assert err.value.reason == "SERVICE_DISABLED"
@@ -52,8 +50,6 @@ def test_disabled_api_answers_service_disabled(clients, project, admin):
 
 
 def test_service_disabled_lingers_after_enable_under_eventual_consistency(clients, project, admin):
-    if "secretmanager" not in admin.health()["apis"]:
-        pytest.skip("secret manager not emulated yet")
     admin.settings(consistency=True, service_enable_seconds=1.5)
     enable(clients, project, "secretmanager.googleapis.com")
     sm = clients.secret_manager()
@@ -139,3 +135,43 @@ def test_unknown_fields_are_rejected(emulator, project):
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["status"] == "INVALID_ARGUMENT" and 'Unknown name "bogus"' in err["message"]
+
+
+def test_every_public_service_is_known(emulator, project):
+    # recorded: tests/golden/recordings/serviceusage-service.log
+    import requests
+
+    base = f"{emulator.base_url}/serviceusage/v1"
+    url = f"{base}/projects/{project}/services/runtimeconfig.googleapis.com"
+    got = requests.get(url, timeout=5).json()
+    assert got["state"] == "DISABLED" and "parent" not in got  # never enabled here
+    op = requests.post(f"{url}:enable", json={}, timeout=5).json()
+    assert list(op) == ["name"]
+    deadline = time.monotonic() + 10
+    while not op.get("done") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        op = requests.get(f"{base}/{op['name']}", timeout=5).json()
+    assert op["metadata"] == {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}}
+    assert op["response"]["service"]["state"] == "ENABLED" and "config" not in op["response"]["service"]
+    got = requests.get(url, timeout=5).json()
+    assert got["state"] == "ENABLED" and got["parent"].startswith("projects/")
+    op = requests.post(f"{url}:disable", json={}, timeout=5).json()
+    assert op["metadata"]["@type"] == "type.googleapis.com/google.protobuf.Empty"
+
+
+def test_project_policy_v1_keeps_audit_configs(emulator, project):
+    # Resource Manager v1's IAM methods, as Config Connector calls them (recorded:
+    # tests/golden/recordings/project-iam-and-serviceaccount.log).
+    import requests
+
+    url = f"{emulator.base_url}/resourcemanager/v1/projects/{project}"
+    policy = requests.post(f"{url}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}}, timeout=5).json()
+    audit = [{"service": "container.googleapis.com", "auditLogConfigs": [{"logType": "DATA_READ"}]}]
+    body = {"policy": {**policy, "auditConfigs": audit, "version": 3}, "updateMask": "bindings,etag,auditConfigs"}
+    written = requests.post(f"{url}:setIamPolicy", json=body, timeout=5).json()
+    assert written["auditConfigs"] == audit and written["version"] == 1  # no conditions: version 1
+    # The default mask is "bindings,etag": the audit configuration stays.
+    kept = requests.post(f"{url}:setIamPolicy", json={"policy": {"bindings": policy["bindings"]}}, timeout=5).json()
+    assert kept["auditConfigs"] == audit
+    stale = requests.post(f"{url}:setIamPolicy", json={"policy": {**policy}}, timeout=5)
+    assert stale.status_code == 409

@@ -75,6 +75,34 @@ def test_bucket_defaults(gcs):
     assert got.soft_delete_policy.retention_duration_seconds == 7 * 24 * 3600
 
 
+def test_bucket_answers_follow_the_recorded_shapes(emulator, gcs, project):
+    # recorded: tests/golden/recordings/storage-bucket.log
+    name = _name()
+    base = f"{emulator.base_url}/storage/v1/b"
+    body = {"name": name, "lifecycle": {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}}]}}
+    created = requests.post(base, params={"project": project}, json=body, timeout=5).json()
+    assert created["rpo"] == "DEFAULT" and created["id"] == name  # a multi-region bucket; id is the name
+    assert not {"acl", "defaultObjectAcl", "owner"} & created.keys()  # insert defaults to projection=noAcl
+    patch = {"lifecycle": {"rule": []}, "softDeletePolicy": {"retentionDurationSeconds": "0"}}
+    patched = requests.patch(f"{base}/{name}", json=patch, timeout=5).json()
+    assert "lifecycle" not in patched and "effectiveTime" not in patched["softDeletePolicy"]
+    number = patched["projectNumber"]
+    # patch defaults to projection=full: the project-team ACLs every bucket starts with.
+    assert patched["owner"] == {"entity": f"project-owners-{number}"}
+    assert [(a["entity"], a["role"]) for a in patched["acl"]] == [
+        (f"project-owners-{number}", "OWNER"),
+        (f"project-editors-{number}", "OWNER"),
+        (f"project-viewers-{number}", "READER"),
+    ]
+    assert {a["kind"] for a in patched["defaultObjectAcl"]} == {"storage#objectAccessControl"}
+    got = requests.get(f"{base}/{name}", timeout=5).json()
+    assert not {"acl", "defaultObjectAcl", "owner"} & got.keys()
+    full = requests.get(f"{base}/{name}", params={"projection": "full"}, timeout=5).json()
+    assert len(full["acl"]) == 3
+    assert requests.get(f"{base}/{name}", params={"projection": "most"}, timeout=5).status_code == 400
+    assert "rpo" not in gcs.create_bucket(_name(), location="us-central1")._properties  # regional: no rpo
+
+
 def test_bucket_patch_bumps_metageneration_and_honours_preconditions(gcs, bucket):
     bucket.labels = {"a": "1", "b": "2"}
     bucket.patch()

@@ -36,7 +36,7 @@ from .core.errors import GcpError
 from .core.http import ApiModule, ApiRequest, Route, error_response, json_response
 from .core.world import World
 
-# name -> "module:Class"; a module not written yet is skipped, so APIs can land one at a time.
+# name -> "module:Class". Every one must load: an absent API is an error, never silently skipped.
 API_MODULES: dict[str, str] = {
     "serviceusage": "mlflow_gcp.emulator.apis.serviceusage:ServiceUsageApi",
     "resourcemanager": "mlflow_gcp.emulator.apis.resourcemanager:ResourceManagerApi",
@@ -56,13 +56,7 @@ DEFAULT_PROJECT = "mlflow-local"
 def load_modules(world: World) -> None:
     for name, target in API_MODULES.items():
         module_name, cls_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        world.apis[name] = getattr(module, cls_name)(world)
+        world.apis[name] = getattr(importlib.import_module(module_name), cls_name)(world)
 
 
 class EmulatorApp:
@@ -95,12 +89,13 @@ class EmulatorApp:
         started = time.monotonic()
         world = self.world
         api, route_name, mutating = "", "", False
+        style = "both"
         try:
             resolved = self.resolve(request.method, request.path)
             if resolved is None:
                 raise GcpError(404, f"The requested URL {request.path} was not found on this server.", "NOT_FOUND")
             api, module, route, params = resolved
-            route_name, mutating = route.name, route.mutating
+            route_name, mutating, style = route.name, route.mutating, module.error_style
             fault = world.control.maybe_fault(api, route.name)
             if fault is not None:
                 raise fault
@@ -115,7 +110,7 @@ class EmulatorApp:
             result = route.handler(ApiRequest(request, params, route))
             response = self._to_response(result)
         except GcpError as err:
-            response = error_response(err)
+            response = error_response(err, style)
         action = world.control.count_mutation() if mutating and route_name else None
         world.control.record(
             {
@@ -126,6 +121,8 @@ class EmulatorApp:
                 "status": response.status_code,
                 "mutating": mutating,
                 "latency_ms": round((time.monotonic() - started) * 1000, 2),
+                # The request after which the kill rule acted ("kill" or "drop"), so a test can prove where.
+                **({"kill": action} if action else {}),
             }
         )
         if action == "drop":

@@ -10,6 +10,9 @@ Behaviour kept from GCP:
   two creates racing each other end with ALREADY_EXISTS in the second operation. A missing repository or
   image is 404 "Requested entity was not found.".
 - Deleting a repository (an operation) deletes its images.
+- Repositories carry ``satisfiesPzi`` and a computed ``vulnerabilityScanningConfig``; the create
+  operation's response leaves out ``createTime``/``updateTime``/``registryUri`` and a PATCH answer leaves out
+  ``registryUri``, though GET returns them (recorded: tests/golden/recordings/artifactregistry-repository.log).
 - Docker images are named ``<repository>/dockerImages/<url-escaped image>@sha256:<hex>`` with ``uri``
   ``<location>-docker.pkg.dev/<project>/<repository>/<image>@sha256:<hex>``; a tag belongs to one image of
   a package at a time, so pushing ``:latest`` again moves it.
@@ -36,8 +39,8 @@ from ..core.errors import GcpError, invalid
 from ..core.http import ApiModule, ApiRequest, route
 from ..core.images import ImageRecord
 from ..core.paging import page
-from ..core.validation import parse_proto, render
-from .imagebuild import MANIFEST_MEDIA_TYPE, now_rfc3339
+from ..core.validation import normalize, render
+from ..imagebuild import MANIFEST_MEDIA_TYPE, now_rfc3339
 
 if TYPE_CHECKING:
     from ..core.world import World
@@ -51,6 +54,23 @@ _AR_URI = re.compile(
     rf"/(?P<image>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>[\w][\w.-]{{0,127}}))?(?:@(?P<digest>sha256:[0-9a-f]{{64}}))?$"
 )
 _MAX_PAGE = 1000
+_SCANNING_SERVICE = "containerscanning.googleapis.com"
+#: Fields a create copies from the request; all but format and mode can be changed by PATCH.
+_CREATE_FIELDS = (
+    "description",
+    "labels",
+    "dockerConfig",
+    "mavenConfig",
+    "virtualRepositoryConfig",
+    "remoteRepositoryConfig",
+    "cleanupPolicies",
+    "cleanupPolicyDryRun",
+    "kmsKeyName",
+    "vulnerabilityScanningConfig",
+    "disallowUnspecifiedMode",
+)
+_UPDATABLE_FIELDS = frozenset(_CREATE_FIELDS) - {"kmsKeyName"}
+_REPOSITORY_FIELDS = frozenset(f.json_name for f in ar.Repository.pb().DESCRIPTOR.fields)
 NOT_FOUND_MESSAGE = "Requested entity was not found."
 
 
@@ -80,6 +100,11 @@ def push_error_message(err: GcpError, parts: dict[str, str | None]) -> str:
             "(or it may not exist)"
         )
     return f"denied: {err.message}"
+
+
+def _camel(path: str) -> str:
+    head, *rest = path.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
 def _not_found() -> GcpError:
@@ -116,18 +141,48 @@ class ArtifactRegistryApi(ApiModule):
     def _blob_dir(self, project: str, location: str, repository: str, digest: str) -> Path:
         return self.root / project / location / repository / digest.split(":", 1)[1]
 
-    def _render_repo(self, repo: dict[str, Any], enum_int: bool) -> dict[str, Any]:
+    def _render_repo(self, repo: dict[str, Any], enum_int: bool, omit: tuple[str, ...] = ()) -> dict[str, Any]:
         size = sum(
             int(i.get("imageSizeBytes", "0")) for i in self.world.store.list(self.IMAGE_KIND, repo["name"] + "/")
         )
-        return render({**repo, "sizeBytes": str(size)}, ar.Repository, enum_int)
+        doc = {
+            **repo,
+            "sizeBytes": str(size),
+            # recorded: tests/golden/recordings/artifactregistry-repository.log (every answer carries both)
+            "satisfiesPzi": True,
+            "vulnerabilityScanningConfig": self._scanning(repo),
+        }
+        for key in omit:
+            doc.pop(key, None)
+        return render(doc, ar.Repository, enum_int)
+
+    def _scanning(self, repo: dict[str, Any]) -> dict[str, Any]:
+        """The repository's vulnerability scanning state, as GCP computes it."""
+        # recorded: tests/golden/recordings/artifactregistry-repository.log: a virtual repository is
+        # SCANNING_UNSUPPORTED, a standard one SCANNING_DISABLED while Container Scanning is not enabled.
+        config: dict[str, Any] = dict(repo.get("vulnerabilityScanningConfig", {}))
+        config["lastEnableTime"] = repo["createTime"]
+        mode = repo.get("mode", "STANDARD_REPOSITORY")
+        project = repo["name"].split("/")[1]
+        if mode != "STANDARD_REPOSITORY":
+            config["enablementState"] = "SCANNING_UNSUPPORTED"
+            config["enablementStateReason"] = f"Repository mode {mode} is not supported."
+        elif config.get("enablementConfig") == "DISABLED":
+            config["enablementState"] = "SCANNING_DISABLED"
+            config["enablementStateReason"] = "Vulnerability scanning is disabled in the repository's config."
+        elif self.world.service_state(project, _SCANNING_SERVICE) != "ENABLED":
+            config["enablementState"] = "SCANNING_DISABLED"
+            config["enablementStateReason"] = f"API {_SCANNING_SERVICE} is not enabled."
+        else:
+            config["enablementState"] = "SCANNING_ACTIVE"
+            config.pop("enablementStateReason", None)
+        return config
 
     # --- repositories -----------------------------------------------------------------------------------
 
     @route("POST", "/v1/projects/{project}/locations/{location}/repositories", name="repositories.create")
     def create_repository(self, req: ApiRequest) -> dict[str, Any]:
-        body = req.json()
-        parse_proto(body, ar.Repository)
+        body = normalize(req.json(), ar.Repository)  # canonical JSON: enums by name, whatever the client sent
         repo_id = req.args.get("repositoryId", "")
         if not repo_id:
             raise invalid("repository_id must be specified.")
@@ -156,9 +211,13 @@ class ArtifactRegistryApi(ApiModule):
             "createTime": now,
             "updateTime": now,
         }
-        for key in ("description", "labels", "dockerConfig", "cleanupPolicies", "cleanupPolicyDryRun", "kmsKeyName"):
+        for key in _CREATE_FIELDS:
             if key in body:
                 repo[key] = body[key]
+        if "vulnerabilityScanningConfig" in repo:  # only its enablementConfig is input; the rest is computed
+            repo["vulnerabilityScanningConfig"] = {
+                k: v for k, v in repo["vulnerabilityScanningConfig"].items() if k == "enablementConfig"
+            }
         if fmt == "DOCKER":
             repo["registryUri"] = f"{location}-docker.pkg.dev/{project}/{repo_id}"
 
@@ -167,7 +226,9 @@ class ArtifactRegistryApi(ApiModule):
                 self.world.store.create(self.REPO_KIND, name, repo)
             except GcpError:
                 raise GcpError(409, "the repository already exists", "ALREADY_EXISTS") from None
-            return self._render_repo(repo, False)
+            # recorded: tests/golden/recordings/artifactregistry-repository.log: the operation's response has
+            # no createTime, updateTime or registryUri (GET has them).
+            return self._render_repo(repo, False, omit=("createTime", "updateTime", "registryUri"))
 
         return self.world.ops.start(
             f"projects/{project}/locations/{location}",
@@ -196,6 +257,43 @@ class ArtifactRegistryApi(ApiModule):
         if repo is None:
             raise _not_found()
         return self._render_repo(repo, req.enum_int)
+
+    @route("PATCH", "/v1/projects/{project}/locations/{location}/repositories/{repository}", name="repositories.patch")
+    def update_repository(self, req: ApiRequest) -> dict[str, Any]:
+        """Synchronous, unlike create and delete (recorded: tests/golden/recordings/artifactregistry-repository.log)."""
+        body = normalize(req.json(), ar.Repository)
+        name = self._repo_name(req["project"], req["location"], req["repository"])
+        if body.get("name") and body["name"] != name:
+            raise invalid(f"The repository name {body['name']!r} does not match the name in the URL ({name!r}).")
+        mask = [_camel(p.strip()) for p in req.args.get("updateMask", "").split(",") if p.strip()]
+        for path in mask:
+            top = path.split(".")[0]
+            if top not in _REPOSITORY_FIELDS:
+                raise invalid(f"Invalid update_mask path {path!r}: no such field in Repository.")
+            if top not in _UPDATABLE_FIELDS:
+                raise invalid(f"Field {path!r} of a repository cannot be updated.")
+        with self._lock:
+            repo = self.world.store.get(self.REPO_KIND, name)
+            if repo is None:
+                raise _not_found()
+            if not mask:  # no mask: every updatable field the request populates; format and mode stay
+                for key in ("format", "mode"):
+                    if key in body and body[key] != repo.get(key):
+                        raise invalid(f"Field {key!r} of a repository cannot be updated.")
+                mask = [k for k in body if k in _UPDATABLE_FIELDS]
+            for path in mask:
+                top = path.split(".")[0]
+                value = body.get(top)
+                if top == "vulnerabilityScanningConfig" and value is not None:
+                    value = {k: v for k, v in value.items() if k == "enablementConfig"}
+                if value is None:
+                    repo.pop(top, None)
+                else:
+                    repo[top] = value
+            repo["updateTime"] = now_rfc3339()
+            self.world.store.put(self.REPO_KIND, name, repo)
+        # recorded: tests/golden/recordings/artifactregistry-repository.log: the answer has no registryUri.
+        return self._render_repo(repo, req.enum_int, omit=("registryUri",))
 
     @route(
         "DELETE", "/v1/projects/{project}/locations/{location}/repositories/{repository}", name="repositories.delete"

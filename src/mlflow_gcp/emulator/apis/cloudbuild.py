@@ -47,8 +47,7 @@ from werkzeug.wrappers import Request, Response
 from ..core.errors import GcpError, invalid, not_found
 from ..core.http import ApiModule, ApiRequest, json_response, route
 from ..core.validation import normalize, parse_proto, render
-from .artifactregistry import parse_image_uri, push_error_message
-from .imagebuild import (
+from ..imagebuild import (
     BuildStepError,
     BuiltImage,
     DockerfileError,
@@ -64,6 +63,7 @@ from .imagebuild import (
     sha256_hex,
     unpack_context,
 )
+from .artifactregistry import parse_image_uri, push_error_message
 
 if TYPE_CHECKING:
     from ..core.world import World
@@ -282,7 +282,7 @@ class CloudBuildApi(ApiModule):
 
     def _write_op(self, op_name: str, build: dict[str, Any]) -> dict[str, Any]:
         public = self._public(build)
-        op: dict[str, Any] = {"name": op_name, "metadata": {"@type": _METADATA_TYPE, "build": public}, "done": False}
+        op: dict[str, Any] = {"name": op_name, "metadata": {"@type": _METADATA_TYPE, "build": public}}
         if build["status"] == "SUCCESS":
             op.update(done=True, response={"@type": _BUILD_TYPE, **public})
         elif build["status"] in ("FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"):

@@ -1,7 +1,7 @@
 """A Docker Engine API (v1.45) daemon without containers: build, inspect, tag, list, remove and push images.
 
 Point the docker SDK or CLI at it with ``DOCKER_HOST=tcp://127.0.0.1:PORT``. Builds follow
-``imagebuild.py`` (the classic builder: COPY/ADD files unpacked into a rootfs, RUN recorded, not run);
+``emulator/imagebuild/`` (the classic builder: COPY/ADD files unpacked into a rootfs, RUN recorded, not run);
 local images live under ``<data_dir>/docker/images/<id>/`` (``rootfs/`` and ``config.json``) and are
 indexed in the store.
 
@@ -48,8 +48,7 @@ from werkzeug.wrappers import Response
 
 from ..core.errors import GcpError
 from ..core.http import ApiModule, ApiRequest, route
-from .artifactregistry import parse_image_uri, push_error_message, unauthenticated_push_message
-from .imagebuild import (
+from ..imagebuild import (
     BuildStepError,
     BuiltImage,
     DockerfileError,
@@ -61,6 +60,7 @@ from .imagebuild import (
     scoped,
     unpack_context,
 )
+from .artifactregistry import parse_image_uri, push_error_message, unauthenticated_push_message
 
 if TYPE_CHECKING:
     from ..core.world import World
@@ -195,6 +195,7 @@ def _unix(ts: str) -> int:
 
 class DockerEngineApi(ApiModule):
     prefix = ""
+    error_style = "both"
     service = None
     title = "Docker Engine API"
 

@@ -1,4 +1,9 @@
-"""Resource Manager v3: projects get, and the project IAM policy with etags (stale etag -> 409 ABORTED)."""
+"""Resource Manager v3: projects get, and the project IAM policy with etags (stale etag -> 409 ABORTED).
+
+The IAM methods are also served under v1 (``/v1/projects/{p}:getIamPolicy``), whose request and response
+bodies are the same; Config Connector and Terraform call v1 (recorded:
+tests/golden/recordings/project-iam-and-serviceaccount.log, storage-buckets-two.log).
+"""
 
 from __future__ import annotations
 
@@ -34,13 +39,21 @@ class ResourceManagerApi(ApiModule):
         return render(self.world.project(req["project"]), rm.Project, req.enum_int)
 
     @route("POST", "/v3/projects/{project}:getIamPolicy", name="projects.getIamPolicy", mutating=False)
+    @route("POST", "/v1/projects/{project}:getIamPolicy", name="projects.getIamPolicy", mutating=False)
     def get_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         parse_proto(req.json(), iam_policy_pb2.GetIamPolicyRequest)
         return self.project_policy(req["project"])
 
     @route("POST", "/v3/projects/{project}:setIamPolicy", name="projects.setIamPolicy")
+    @route("POST", "/v1/projects/{project}:setIamPolicy", name="projects.setIamPolicy")
     def set_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         body = req.json()
         parse_proto(body, iam_policy_pb2.SetIamPolicyRequest)
         self.project_policy(req["project"])
-        return self.world.iam.set(self.policy_resource(req["project"]), body.get("policy", {}))
+        policy = body.get("policy", {})
+        mask = [p.strip() for p in (body.get("updateMask") or "").split(",") if p.strip()]
+        if "auditConfigs" not in mask and "audit_configs" not in mask:
+            # The default mask is "bindings,etag": the stored audit configuration is kept (SetIamPolicyRequest).
+            current = self.world.iam.get(self.policy_resource(req["project"]))
+            policy = {**policy, "auditConfigs": current.get("auditConfigs", [])}
+        return self.world.iam.set(self.policy_resource(req["project"]), policy)

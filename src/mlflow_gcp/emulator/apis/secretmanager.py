@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..core.errors import GcpError, aborted, failed_precondition, invalid, not_found
 from ..core.http import ApiModule, ApiRequest, route
+from ..core.iam import PolicyMethods
 from ..core.paging import page
 from ..core.validation import normalize, parse_proto, render
 
@@ -51,6 +52,9 @@ _MUTABLE_FIELDS = {
 _SECRET_FIELDS = {f.json_name for f in smr.Secret.pb().DESCRIPTOR.fields}
 _BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 _MAX_PAGE = 25000
+_IAM = PolicyMethods(
+    "secretmanager.", version_message="Invalid requested_policy_version {requested}: must be 0, 1 or 3."
+)
 
 
 def _now() -> str:
@@ -355,11 +359,9 @@ class SecretManagerApi(ApiModule):
     @route("GET", "/v1/projects/{project}/secrets/{secret}:getIamPolicy", name="secrets.getIamPolicy")
     def get_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         pid, number = self._project(req["project"])
-        requested = req.args.get("options.requestedPolicyVersion", "0")
-        if requested not in ("0", "1", "3"):
-            raise invalid(f"Invalid requested_policy_version {requested}: must be 0, 1 or 3.")
+        _IAM.check_version(req.args)
         self._load_secret(pid, number, req["secret"])
-        return self.world.iam.get(self._key(pid, req["secret"]))
+        return _IAM.get(self.world, self._key(pid, req["secret"]))
 
     @route("POST", "/v1/projects/{project}/secrets/{secret}:setIamPolicy", name="secrets.setIamPolicy")
     def set_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
@@ -372,7 +374,7 @@ class SecretManagerApi(ApiModule):
             role = binding.get("role", "")
             if role.startswith("roles/") and not (role in _BASIC_ROLES or role.startswith("roles/secretmanager.")):
                 raise invalid(f"Role {role} is not supported for this resource.")
-        return self.world.iam.set(self._key(pid, req["secret"]), policy)
+        return _IAM.set(self.world, self._key(pid, req["secret"]), policy)
 
     @route(
         "POST",
@@ -385,9 +387,7 @@ class SecretManagerApi(ApiModule):
         parse_proto(body, iam_policy_pb2.TestIamPermissionsRequest)
         pid, number = self._project(req["project"])
         self._load_secret(pid, number, req["secret"])
-        # The emulator's caller owns every project, so it holds every Secret Manager permission.
-        granted = [p for p in body.get("permissions", []) if p.startswith("secretmanager.")]
-        return {"permissions": granted} if granted else {}
+        return _IAM.test(body.get("permissions", []))
 
     # --- versions -------------------------------------------------------------------------------------
 

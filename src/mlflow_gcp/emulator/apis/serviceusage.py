@@ -6,8 +6,11 @@ Every other module's calls are refused with SERVICE_DISABLED until its service i
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
+import googleapiclient
 from google.cloud.service_usage_v1 import types as su
 
 from ..core.errors import GcpError, failed_precondition, invalid
@@ -33,11 +36,27 @@ KNOWN_SERVICES: dict[str, str] = {
     "monitoring.googleapis.com": "Cloud Monitoring API",
 }
 
+
+@functools.cache
+def _public_services() -> frozenset[str]:
+    """Every public Google API with a discovery document (``runtimeconfig.v1.json`` ->
+    ``runtimeconfig.googleapis.com``): GCP knows them all, enabled or not (recorded:
+    tests/golden/recordings/serviceusage-service.log gets and enables runtimeconfig.googleapis.com)."""
+    documents = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+    return frozenset(f"{p.name.split('.', 1)[0]}.googleapis.com" for p in documents.glob("*.json"))
+
+
+def is_known(name: str) -> bool:
+    return name in KNOWN_SERVICES or name in _public_services()
+
+
 MAX_BATCH = 20
 _RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.BatchEnableServicesResponse"
 _ENABLE_RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.EnableServiceResponse"
 _DISABLE_RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.DisableServiceResponse"
 _METADATA = "type.googleapis.com/google.api.serviceusage.v1.OperationMetadata"
+# services.enable/disable operations carry an Empty as metadata (recorded: serviceusage-service.log).
+_EMPTY_METADATA = {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}}
 
 
 class ServiceUsageApi(ApiModule):
@@ -54,8 +73,18 @@ class ServiceUsageApi(ApiModule):
             "state": self.world.service_state(project["projectId"], name),
         }
 
+    def _service_state_view(self, project: dict[str, Any], name: str) -> dict[str, Any]:
+        """The service as services.get and operation responses show it: no ``config``, and no ``parent``
+        until the project has ever had it enabled (recorded: serviceusage-service.log)."""
+        svc = self._service(project, name)
+        del svc["config"]
+        ever = self.world.store.get(self.world.SERVICE_KIND, f"{project['projectId']}/{name}") is not None
+        if not ever and svc["state"] != "ENABLED":
+            del svc["parent"]
+        return svc
+
     def _check_known(self, names: list[str]) -> None:
-        unknown = [n for n in names if n not in KNOWN_SERVICES]
+        unknown = [n for n in names if not is_known(n)]
         if unknown:
             raise GcpError(
                 403,
@@ -72,11 +101,12 @@ class ServiceUsageApi(ApiModule):
         def work() -> dict[str, Any]:
             for n in names:
                 self.world.set_service_state(project["projectId"], n, True)
-            services = [self._service(project, n) for n in names]
+            services = [self._service_state_view(project, n) for n in names]
             return {"services": services} if response_type == _RESPONSE else {"service": services[0]}
 
+        metadata = {"@type": _METADATA} if response_type == _RESPONSE else _EMPTY_METADATA
         return self.world.ops.start(
-            "", work, delay_key="serviceusage.enable", metadata={"@type": _METADATA}, response_type=response_type
+            "", work, delay_key="serviceusage.enable", metadata=metadata, response_type=response_type
         )
 
     @route("POST", "/v1/projects/{project}/services:batchEnable", name="services.batchEnable")
@@ -96,7 +126,10 @@ class ServiceUsageApi(ApiModule):
     def enable(self, req: ApiRequest) -> dict[str, Any]:
         parse_proto(req.json(), su.EnableServiceRequest)
         self._check_known([req["service"]])
-        return self._enable_op(self.world.project(req["project"]), [req["service"]], _ENABLE_RESPONSE)
+        op = self._enable_op(self.world.project(req["project"]), [req["service"]], _ENABLE_RESPONSE)
+        # The first answer names the operation only; its metadata shows once polled (recorded:
+        # serviceusage-service.log; services.disable answers with the metadata at once).
+        return {"name": op["name"]}
 
     @route("POST", "/v1/projects/{project}/services/{service}:disable", name="services.disable")
     def disable(self, req: ApiRequest) -> dict[str, Any]:
@@ -107,16 +140,16 @@ class ServiceUsageApi(ApiModule):
 
         def work() -> dict[str, Any]:
             self.world.set_service_state(project["projectId"], name, False)
-            return {"service": self._service(project, name)}
+            return {"service": self._service_state_view(project, name)}
 
         return self.world.ops.start(
-            "", work, delay_key="serviceusage.enable", metadata={"@type": _METADATA}, response_type=_DISABLE_RESPONSE
+            "", work, delay_key="serviceusage.enable", metadata=_EMPTY_METADATA, response_type=_DISABLE_RESPONSE
         )
 
     @route("GET", "/v1/projects/{project}/services/{service}", name="services.get")
     def get(self, req: ApiRequest) -> dict[str, Any]:
         self._check_known([req["service"]])
-        svc = self._service(self.world.project(req["project"]), req["service"])
+        svc = self._service_state_view(self.world.project(req["project"]), req["service"])
         return render(svc, su.Service, req.enum_int)
 
     @route("GET", "/v1/projects/{project}/services:batchGet", name="services.batchGet")

@@ -1,9 +1,17 @@
 """Google's error envelope, in one place.
 
-GCP answers every failed call with ``{"error": {"code", "message", "status", "errors": [...], "details": [...]}}``.
-``errors`` is the legacy list (``reason``/``domain``/``message``) that the discovery-based APIs (sqladmin,
-storage, iam) and googleapiclient read; ``details`` carries ``google.rpc.ErrorInfo`` that the GAPIC clients
-parse into ``exception.reason``.
+GCP answers a failed call with ``{"error": {"code", "message", ...}}``, and what else it carries depends on
+the API family, as recorded on real GCP (Config Connector's golden logs, tests/golden/):
+
+- ``legacy`` (Cloud SQL Admin, Cloud Storage): ``errors: [{message, domain, reason}]`` and no ``status``
+  (e.g. sqladmin's 404 ``{"code": 404, "errors": [{"reason": "instanceDoesNotExist", ...}], "message"}``).
+- ``rpc`` (Secret Manager, Artifact Registry, Cloud Run, Service Usage, Resource Manager): ``status`` and
+  optional ``details`` (google.rpc.ErrorInfo, which the GAPIC clients read as ``exception.reason``), no
+  ``errors``.
+- ``both`` (IAM v1, and errors that Google's front end raises before the API sees the call: an API not
+  enabled, a missing permission): ``errors``, ``status`` and ``details``.
+
+Client code must not rely on a key its API family does not send.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class GcpError(Exception):
         domain: str = "global",
         error_info: dict[str, Any] | None = None,
         details: list[dict[str, Any]] | None = None,
+        style: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -64,19 +73,22 @@ class GcpError(Exception):
         self.domain = domain
         self.error_info = error_info
         self.details = details or []
+        #: Set for errors of Google's front end, which look the same whichever API is called.
+        self.style = style
 
-    def envelope(self) -> dict[str, Any]:
+    def envelope(self, style: str = "both") -> dict[str, Any]:
+        """The body, in ``style`` (the API's family) unless the error has a style of its own."""
+        style = self.style or style
         details = list(self.details)
         if self.error_info is not None:
             details.insert(0, {"@type": "type.googleapis.com/google.rpc.ErrorInfo", **self.error_info})
-        error: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "status": self.status,
-            "errors": [{"message": self.message, "domain": self.domain, "reason": self.reason}],
-        }
-        if details:
-            error["details"] = details
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if style in ("legacy", "both"):
+            error["errors"] = [{"message": self.message, "domain": self.domain, "reason": self.reason}]
+        if style in ("rpc", "both"):
+            error["status"] = self.status
+            if details:
+                error["details"] = details
         return {"error": error}
 
 
@@ -117,6 +129,7 @@ def service_disabled(service: str, title: str, project_number: str) -> GcpError:
         "PERMISSION_DENIED",
         reason="accessNotConfigured",
         domain="usageLimits",
+        style="both",
         error_info={
             "reason": "SERVICE_DISABLED",
             "domain": "googleapis.com",

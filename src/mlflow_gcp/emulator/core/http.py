@@ -107,8 +107,8 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-def error_response(err: GcpError) -> Response:
-    return json_response(err.envelope(), err.code)
+def error_response(err: GcpError, style: str = "both") -> Response:
+    return json_response(err.envelope(style), err.code)
 
 
 class ApiModule:
@@ -120,6 +120,8 @@ class ApiModule:
     service: str | None = None
     #: Human title used in SERVICE_DISABLED messages.
     title: str = ""
+    #: The error envelope this API family sends (see core/errors.py): "legacy", "rpc" or "both".
+    error_style: str = "rpc"
 
     def __init__(self, world: World) -> None:
         self.world = world

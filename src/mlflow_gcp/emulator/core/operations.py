@@ -52,7 +52,8 @@ class Operations:
         """Begin ``work`` (which returns the response resource or raises GcpError) and return the
         not-done operation. ``parent`` is e.g. ``projects/p/locations/l`` or ``""`` (Service Usage)."""
         op_name = name or (f"{parent}/operations/{uuid.uuid4()}" if parent else f"operations/{uuid.uuid4()}")
-        op: dict[str, Any] = {"name": op_name, "done": False}
+        # Proto3 JSON leaves out a false `done`, as GCP's answers do (recorded: tests/golden/).
+        op: dict[str, Any] = {"name": op_name}
         if metadata is not None:
             op["metadata"] = metadata
         self.world.store.put(self.KIND, op_name, op)
@@ -89,8 +90,7 @@ class Operations:
             polls = self._polls.get(name, 0) + 1
             self._polls[name] = polls
         if op.get("done") and polls <= self.world.control.settings.min_pending_polls:
-            op = {k: v for k, v in op.items() if k not in ("response", "error")}
-            op["done"] = False
+            op = {k: v for k, v in op.items() if k not in ("response", "error", "done")}
         return op
 
     def wait(self, name: str, timeout: float = 600) -> dict[str, Any]:

@@ -96,6 +96,7 @@ class World:
                     "domain": "googleapis.com",
                     "metadata": {"consumer": f"projects/{id_or_number}"},
                 },
+                style="both",
             )
         return project
 

@@ -1,15 +1,18 @@
 """Cloud Run Admin API v2, where a revision runs for real.
 
 Services, revisions, their long-running operations and IAM policies are served as Cloud Run serves them
-(``run/services.py``). Deploying a revision starts it as a host process (``run/revisions.py``), and each
-service gets its own front end on a local port (``run/frontend.py``); its ``uri`` is
-``http://127.0.0.1:<port>``, allocated once and kept across updates and emulator restarts.
+(``run/services.py``, with the work behind the handlers in the modules it names). Deploying a revision
+starts it as a host process (``run/revisions.py``), and each service gets its own front end on a local port
+(``run/frontend.py``); its ``uri`` is ``http://127.0.0.1:<port>``, allocated once and kept across updates
+and emulator restarts.
 
 How a revision maps to the host (see also ``core/images.py``):
 
 - The image must exist in Artifact Registry; the revision runs ``ENTRYPOINT``/``CMD`` (or the container's
   ``command``/``args``) from the image's unpacked files, in ``rootfs/WORKDIR``. The tag is resolved to a
   digest when the revision first starts, and later starts (restarts, emulator restarts) use that digest.
+  Google's public sample ``gcr.io/cloudrun/hello``, which GCP deploys for anyone, runs a built-in stand-in
+  (``run/hello.py``) that serves its "It's running!" page.
 - Environment: the image's ENV, the host's ``PATH`` (with the emulator's Python first, so ``python`` and
   ``mlflow`` resolve to its virtualenv), ``HOME`` and ``LANG``, then the container's ``env`` (secrets are
   read from Secret Manager when the instance starts; the deploy fails as on Cloud Run when the runtime
@@ -44,6 +47,7 @@ How a revision maps to the host (see also ``core/images.py``):
 ``/_emulator/run/processes`` lists the running revision processes.
 """
 
-from .services import CLOUDSQL_DIR_ENV, CloudRunApi
+from .cloudsql import CLOUDSQL_DIR_ENV
+from .services import CloudRunApi
 
 __all__ = ["CLOUDSQL_DIR_ENV", "CloudRunApi"]

@@ -1,28 +1,25 @@
-"""Cloud Run Admin v2: services, revisions, their operations and IAM policies; deploys run for real.
+"""Cloud Run Admin v2's handlers: services, revisions, operations and service IAM policies; the service
+resource itself (validation, defaults, revision records) and the module's lifecycle (reset, shutdown, restore).
 
-See the package docstring for how a revision maps to a host process.
+The work behind the handlers is split by idea, each a mixin of :class:`CloudRunApi`: ``rollout.py`` (a
+deploy's or delete's operation, conditions), ``launch.py`` (starting a revision's process and probing it),
+``traffic.py`` (routing), ``secretenv.py`` (secret env vars), ``cloudsql.py`` (the /cloudsql links),
+``invoker.py`` (who may call a service) and ``watchdog.py`` (restarting crashed instances). See the package
+docstring for how a revision maps to a host process.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import hashlib
-import json
-import os
 import random
 import re
 import shutil
-import signal
 import string
-import sys
 import threading
 import time
-import traceback
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,38 +31,45 @@ from werkzeug.wrappers import Request, Response
 from ...core import paging
 from ...core.errors import GcpError, aborted, invalid, permission_denied
 from ...core.http import ApiModule, ApiRequest, json_response, route
-from ...core.images import ImageRecord
+from ...core.iam import PolicyMethods
 from ...core.operations import Operations
 from ...core.validation import normalize, parse_proto, render
-from .frontend import FrontEnd, decode_jwt_email, google_error_page
+from .cloudsql import CloudSqlLinks
+from .common import (
+    _DEFAULT_PROBE,
+    _LATEST,
+    _REVISION,
+    _TYPE_REVISION,
+    _TYPE_SERVICE,
+    CALLER,
+    PROCESS_KIND,
+    REVISION_KIND,
+    SERVICE_KIND,
+    STATE_KIND,
+    _Cancelled,
+    _canon,
+    _condition,
+    _etag,
+    _flag,
+    _ingress,
+    _now,
+    _seconds,
+    _violation,
+)
+from .frontend import FrontEnd
+from .invoker import Invoker
+from .launch import Launch
 from .revisions import (
     GRACE_SECONDS,
-    Probe,
     RevisionProcess,
     Spawner,
-    free_port,
-    process_start_time,
     reap_orphan,
     stop_all,
-    sync_links,
 )
-
-SERVICE_KIND = "run.service"
-REVISION_KIND = "run.revision"
-#: Per service, what the API does not show: the front end's port, revision numbering, pinned image
-#: digests and the operations still to finish (re-run after a daemon restart).
-STATE_KIND = "run.state"
-#: Per running revision: pid and kernel start time, to reap what a crashed emulator left behind.
-PROCESS_KIND = "run.process"
-
-_TYPE_SERVICE = "type.googleapis.com/google.cloud.run.v2.Service"
-_TYPE_REVISION = "type.googleapis.com/google.cloud.run.v2.Revision"
-#: Who the emulator's callers are (anonymous credentials stand for the project owner).
-CALLER = "owner@example.com"
-INVOKER = "roles/run.invoker"
-CLOUDSQL_CLIENT = "roles/cloudsql.client"
-#: The seam for Cloud SQL volumes: a host directory standing for the volume's mount path.
-CLOUDSQL_DIR_ENV = "MLFLOW_GCP_CLOUDSQL_DIR"
+from .rollout import Rollout
+from .secretenv import SecretEnv
+from .traffic import Traffic
+from .watchdog import Watchdog
 
 _SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 # Registries Cloud Run deploys from: Artifact Registry, Container Registry, Docker Hub (the default host).
@@ -80,8 +84,7 @@ _RESERVED_KEY_PREFIXES = (
     "serving.knative.dev",
     "autoscaling.knative.dev",
 )
-_LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
-_REVISION = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
+
 _OUTPUT_ONLY = frozenset(
     {
         "name",
@@ -107,61 +110,12 @@ _OUTPUT_ONLY = frozenset(
     }
 )
 _REVISION_FIELDS = frozenset(f.json_name for f in run_v2.Revision.pb().DESCRIPTOR.fields)
-_DEFAULT_PROBE = {"timeoutSeconds": 240, "periodSeconds": 240, "failureThreshold": 1}
-_TROUBLESHOOTING = "For more troubleshooting guidance, see https://cloud.google.com/run/docs/troubleshooting"
 
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _etag() -> str:
-    return '"' + base64.urlsafe_b64encode(os.urandom(12)).decode().rstrip("=") + '"'
-
-
-def _flag(value: str | None) -> bool:
-    return (value or "").lower() in ("true", "1")
-
-
-def _seconds(duration: str | None, default: float) -> float:
-    if not duration:
-        return default
-    try:
-        return float(duration.rstrip("s"))
-    except ValueError:
-        return default
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _condition(ctype: str, state: str, message: str = "", **extra: str) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": ctype, "state": state, "lastTransitionTime": _now()}
-    if message:
-        cond["message"] = message
-    cond.update(extra)
-    return cond
-
-
-def _violation(field: str, description: str) -> GcpError:
-    return invalid(
-        f"{field}: {description}",
-        details=[
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": field, "description": description}],
-            }
-        ],
-    )
-
-
-def _ingress(containers: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-    """The container that receives requests: the one with a port (or the only one)."""
-    for i, c in enumerate(containers):
-        if c.get("ports"):
-            return i, c
-    return 0, containers[0]
+#: How long a deleted service is kept before it is purged: its ``expireTime`` is ``deleteTime`` plus this
+#: (recorded: tests/golden/recordings/run-service.tf.yaml, 30 days).
+_EXPIRY = timedelta(days=30)
+#: Service IAM policies: an empty ``testIamPermissions`` answer still lists ``permissions``.
+_IAM = PolicyMethods("run.", omit_empty=False)
 
 
 def _valid_image(image: str) -> bool:
@@ -172,43 +126,7 @@ def _valid_image(image: str) -> bool:
     return bool(_IMAGE_PATH.match(image))
 
 
-def _exit_line(code: int | None) -> str:
-    """How Cloud Run's system log reports a container that ended."""
-    if code is not None and code < 0:
-        return f"Container terminated on signal {-code}."
-    return f"Container called exit({code})."
-
-
-def _digest_ref(uri: str, digest: str) -> str:
-    base = uri.split("@", 1)[0]
-    head, _, last = base.rpartition("/")
-    return f"{head}/{last.split(':', 1)[0]}@{digest}"
-
-
-class _RevisionFailure(Exception):
-    """Why a revision could not become ready; ``detail`` is what Cloud Run says after the
-    "Revision 'x' is not ready and cannot serve traffic." lead."""
-
-    def __init__(self, detail: str, reason: str | None = None, container: bool = False, missing: bool = False) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.reason = reason
-        self.container = container
-        #: The revision itself does not exist (a traffic target naming an unknown revision).
-        self.missing = missing
-
-
-class _Cancelled(Exception):
-    """The emulator was reset or shut down while a deploy was under way."""
-
-
-@dataclass
-class _Target:
-    revision: str  # full name
-    percent: int
-
-
-class CloudRunApi(ApiModule):
+class CloudRunApi(Rollout, Launch, Traffic, SecretEnv, CloudSqlLinks, Invoker, Watchdog, ApiModule):
     prefix = "/run"
     service = "run.googleapis.com"
     title = "Cloud Run Admin API"
@@ -426,11 +344,9 @@ class CloudRunApi(ApiModule):
             revision = self._new_revision(svc, state, sid)
             frontend = self._start_frontend(name, 0)
             state["port"] = frontend.port
-            svc["uri"] = f"http://127.0.0.1:{frontend.port}"
-            svc["urls"] = [svc["uri"]]
-            svc["latestCreatedRevision"] = f"{name}/revisions/{revision}"
+            # The URL and the new revision are reported once the deploy starts (see _deploy_locked).
             svc["etag"] = _etag()
-            self._mark_reconciling(svc)
+            self._mark_pending(svc)
             op_name = f"{parent}/operations/{uuid.uuid4()}"
             state["pending"].append({"op": op_name, "kind": "deploy", "revision": revision, "generation": 1})
             self.world.store.put(STATE_KIND, name, state)
@@ -504,10 +420,10 @@ class CloudRunApi(ApiModule):
             template_changed = _canon(merged["template"]) != _canon(current["template"])
             state = self.world.store.get(STATE_KIND, name) or {}
             revision = self._new_revision(svc, state, req["service"]) if template_changed else None
-            if revision:
-                svc["latestCreatedRevision"] = f"{name}/revisions/{revision}"
+            # latestCreatedRevision still names the previous revision until the deploy starts (recorded:
+            # tests/golden/recordings/run-service.tf.yaml, the PATCH's first answer).
             svc["etag"] = _etag()
-            self._mark_reconciling(svc)
+            self._mark_pending(svc)
             op_name = f"{parent}/operations/{uuid.uuid4()}"
             state.setdefault("pending", []).append(
                 {"op": op_name, "kind": "deploy", "revision": revision, "generation": generation}
@@ -531,7 +447,18 @@ class CloudRunApi(ApiModule):
             state = self.world.store.get(STATE_KIND, name) or {}
             state.setdefault("pending", []).append({"op": op_name, "kind": "delete"})
             self.world.store.put(STATE_KIND, name, state)
-            svc["reconciling"] = True
+            # Deleting is a change of the desired state: a new generation, with deleteTime and expireTime
+            # (recorded: tests/golden/recordings/run-service.tf.yaml).
+            now = datetime.now(UTC)
+            svc.update(
+                generation=str(int(svc["generation"]) + 1),
+                updateTime=_now(now),
+                deleteTime=_now(now),
+                expireTime=_now(now + _EXPIRY),
+                lastModifier=CALLER,
+                etag=_etag(),
+            )
+            self._mark_pending(svc)
             self.world.store.put(SERVICE_KIND, name, svc)
         return self._start_delete(op_name, name)
 
@@ -545,7 +472,7 @@ class CloudRunApi(ApiModule):
     def get_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         name = self._service_name(req)
         self._require_service(name)
-        return self.world.iam.get(name)
+        return _IAM.get(self.world, name)
 
     @route(
         "POST",
@@ -557,7 +484,7 @@ class CloudRunApi(ApiModule):
         parse_proto(body, iam_policy_pb2.SetIamPolicyRequest)
         name = self._service_name(req)
         self._require_service(name)
-        return self.world.iam.set(name, body.get("policy", {}))
+        return _IAM.set(self.world, name, body.get("policy", {}))
 
     @route(
         "POST",
@@ -569,8 +496,7 @@ class CloudRunApi(ApiModule):
         body = req.json()
         parse_proto(body, iam_policy_pb2.TestIamPermissionsRequest)
         self._require_service(self._service_name(req))
-        # The emulator's caller owns the project, so it holds every Cloud Run permission.
-        return {"permissions": [p for p in body.get("permissions", []) if p.startswith("run.")]}
+        return _IAM.test(body.get("permissions", []))
 
     # --- revisions --------------------------------------------------------------------------------
 
@@ -763,525 +689,16 @@ class CloudRunApi(ApiModule):
         return short
 
     @staticmethod
-    def _mark_reconciling(svc: dict[str, Any]) -> None:
+    def _mark_pending(svc: dict[str, Any]) -> None:
+        """A change accepted, not yet reconciled: the Ready condition turns CONDITION_PENDING and the rest of
+        the status stays as it was; a new service has no status yet (recorded:
+        tests/golden/recordings/run-service.tf.yaml, the first answers of the POST, PATCH and DELETE)."""
         svc["reconciling"] = True
-        svc["terminalCondition"] = _condition("Ready", "CONDITION_RECONCILING")
-        svc["conditions"] = [
-            _condition("RoutesReady", "CONDITION_RECONCILING"),
-            _condition("ConfigurationsReady", "CONDITION_RECONCILING"),
-        ]
+        svc["terminalCondition"] = {**svc.get("terminalCondition", {}), "state": "CONDITION_PENDING"}
 
     def _log_path(self, revision: str) -> Path:
         parts = revision.split("/")
         return self.world.data_dir / "run" / parts[1] / parts[5] / f"{parts[7]}.log"
-
-    def _cloudsql_dir(self, revision: str) -> Path:
-        # Short on purpose: a unix socket path under it must stay within 107 bytes.
-        return self.world.data_dir / "r" / hashlib.sha256(revision.encode()).hexdigest()[:8]
-
-    def _remove_cloudsql_dir(self, revision: str) -> None:
-        shutil.rmtree(self._cloudsql_dir(revision), ignore_errors=True)
-
-    # --- operations' work -------------------------------------------------------------------------
-
-    def _start_deploy(self, op_name: str, name: str, revision: str | None, generation: int) -> dict[str, Any]:
-        epoch = self._epoch
-        svc = self.world.store.get(SERVICE_KIND, name) or {}
-        return self.world.ops.start(
-            name.rsplit("/services/", 1)[0],
-            lambda: self._deploy(op_name, name, revision, generation, epoch),
-            delay_key="run.service.deploy",
-            metadata={"@type": _TYPE_SERVICE, **render(svc, run_v2.Service, False)},
-            response_type=_TYPE_SERVICE,
-            name=op_name,
-        )
-
-    def _start_delete(self, op_name: str, name: str) -> dict[str, Any]:
-        epoch = self._epoch
-        svc = self.world.store.get(SERVICE_KIND, name) or {}
-        return self.world.ops.start(
-            name.rsplit("/services/", 1)[0],
-            lambda: self._delete(op_name, name, epoch),
-            delay_key="run.service.delete",
-            metadata={"@type": _TYPE_SERVICE, **render(svc, run_v2.Service, False)},
-            response_type=_TYPE_SERVICE,
-            name=op_name,
-        )
-
-    def _deploy(self, op_name: str, name: str, revision: str | None, generation: int, epoch: int) -> dict[str, Any]:
-        try:
-            with self._service_lock(name):
-                return self._deploy_locked(op_name, name, revision, generation, epoch)
-        except _Cancelled:
-            raise GcpError(503, "The operation was interrupted: the emulator stopped.", "UNAVAILABLE") from None
-
-    def _deploy_locked(
-        self, op_name: str, name: str, revision: str | None, generation: int, epoch: int
-    ) -> dict[str, Any]:
-        self._check_epoch(epoch)
-        self._require_service(name)
-        failure: _RevisionFailure | None = None
-        full = f"{name}/revisions/{revision}" if revision else None
-        if full is not None:
-            failure = self._roll_out(full, epoch)
-        with self._lock:
-            self._check_epoch(epoch)
-            svc = self._require_service(name)
-            state = self.world.store.get(STATE_KIND, name) or {}
-            if full is not None and failure is None:
-                numbers = state.get("numbers", {})
-                current = svc.get("latestReadyRevision", "")
-                if not current or numbers.get(current.rsplit("/", 1)[1], 0) < numbers.get(revision, 0):
-                    svc["latestReadyRevision"] = full
-                    self.world.store.put(SERVICE_KIND, name, svc)
-        routes_error = self._route(name, epoch)
-        with self._lock:
-            self._check_epoch(epoch)
-            svc = self._require_service(name)
-            state = self.world.store.get(STATE_KIND, name) or {}
-            if not routes_error or not svc.get("trafficStatuses"):
-                svc["trafficStatuses"] = self._traffic_statuses(svc)
-            svc["observedGeneration"] = str(max(int(svc.get("observedGeneration", 0) or 0), generation))
-            still_pending = [p for p in state.get("pending", []) if p["op"] != op_name]
-            message = ""
-            if failure is not None:
-                message = f"Revision '{revision}' is not ready and cannot serve traffic. {failure.detail}"
-            if still_pending:
-                self._mark_reconciling(svc)
-            else:
-                svc["reconciling"] = False
-                config_failed = failure is not None
-                if config_failed:
-                    svc["terminalCondition"] = _condition("Ready", "CONDITION_FAILED", message)
-                elif routes_error:
-                    svc["terminalCondition"] = _condition("Ready", "CONDITION_FAILED", routes_error)
-                else:
-                    svc["terminalCondition"] = _condition("Ready", "CONDITION_SUCCEEDED")
-                svc["conditions"] = [
-                    _condition("RoutesReady", "CONDITION_FAILED", message if config_failed else routes_error)
-                    if routes_error
-                    else _condition("RoutesReady", "CONDITION_SUCCEEDED"),
-                    _condition("ConfigurationsReady", "CONDITION_FAILED", message, reason="REVISION_FAILED")
-                    if config_failed
-                    else _condition("ConfigurationsReady", "CONDITION_SUCCEEDED"),
-                ]
-            state["pending"] = still_pending
-            self.world.store.put(STATE_KIND, name, state)
-            self.world.store.put(SERVICE_KIND, name, svc)
-        if failure is not None:
-            raise GcpError(400, message, "FAILED_PRECONDITION")
-        if routes_error:
-            raise GcpError(400, routes_error, "FAILED_PRECONDITION")
-        return render(svc, run_v2.Service, False)
-
-    def _delete(self, op_name: str, name: str, epoch: int) -> dict[str, Any]:
-        with self._service_lock(name):
-            if self._epoch != epoch:
-                raise GcpError(503, "The operation was interrupted: the emulator stopped.", "UNAVAILABLE")
-            with self._lock:
-                svc = self._require_service(name)
-                frontend = self._frontends.pop(name, None)
-                prefix = f"{name}/revisions/"
-                procs = [self._procs.pop(r) for r in list(self._procs) if r.startswith(prefix)]
-                for r in list(self._restarts):
-                    if r.startswith(prefix):
-                        del self._restarts[r]
-            if frontend is not None:
-                frontend.stop()
-            stop_all(procs)
-            with self._lock:
-                for rev in self.world.store.names(REVISION_KIND, prefix):
-                    self._remove_cloudsql_dir(rev)
-                    self.world.store.delete(REVISION_KIND, rev)
-                    self.world.store.delete(PROCESS_KIND, rev)
-                self.world.store.delete(STATE_KIND, name)
-                self.world.store.delete(SERVICE_KIND, name)
-                self.world.iam.delete(name)
-            svc["deleteTime"] = _now()
-            return render(svc, run_v2.Service, False)
-
-    # --- rolling out a revision -------------------------------------------------------------------
-
-    def _roll_out(self, revision: str, epoch: int) -> _RevisionFailure | None:
-        """Start the revision's process and wait for its startup probe; record how it went."""
-        try:
-            self._bring_up(revision, epoch)
-        except _RevisionFailure as failure:
-            self._set_revision_conditions(revision, failure)
-            return failure
-        self._set_revision_conditions(revision, None)
-        return None
-
-    def _bring_up(self, revision: str, epoch: int) -> RevisionProcess:
-        """A ready process for ``revision`` (the running one, or a new one once it passed its probe)."""
-        with self._lock:
-            proc = self._procs.get(revision)
-        if proc is not None and proc.ready and proc.alive():
-            return proc
-        rev = self.world.store.get(REVISION_KIND, revision)
-        if rev is None:
-            raise _RevisionFailure(
-                f"Revision '{revision.rsplit('/', 1)[1]}' does not exist or is deleted. Update all traffic to "
-                "route to currently available revisions.",
-                missing=True,
-            )
-        proc = self._launch(rev, epoch)
-        _, container = _ingress(rev["containers"])
-        probe = self._probe(container, proc.port)
-        why = proc.wait_ready(probe, cancelled=lambda: self._epoch != epoch)
-        if why is None:
-            return proc
-        # Stop it before letting go of it, so a reset racing with this never loses track of a process.
-        proc.stop(grace=GRACE_SECONDS)
-        with self._lock:
-            if self._procs.get(revision) is proc:
-                del self._procs[revision]
-                self.world.store.delete(PROCESS_KIND, revision)
-        self._check_epoch(epoch)
-        port = container["ports"][0]["containerPort"]
-        label = f' for container "{container["name"]}"' if container.get("name") else ""
-        code = proc.proc.returncode
-        if why == "exit":
-            proc.system_log(_exit_line(code))
-        elif probe.default:
-            proc.system_log(
-                f"Default STARTUP TCP probe failed {probe.failure_threshold} time consecutively{label} on port "
-                f"{port}. The instance was not started."
-            )
-        else:
-            where = f' path "{probe.path}"' if probe.kind == "http" else ""
-            proc.system_log(
-                f"STARTUP {probe.kind.upper()} probe failed {probe.failure_threshold} times consecutively{label} "
-                f"on port {port}{where}. The instance was not started."
-            )
-        logs = f"Logs URL: {proc.log_path.as_uri()}\n{_TROUBLESHOOTING}#container-failed-to-start"
-        if why == "exit" or probe.default:
-            detail = (
-                "The user-provided container failed to start and listen on the port defined provided by the "
-                f"PORT={port} environment variable within the allocated timeout. This can happen when the container "
-                "port is misconfigured or if the timeout is too short. The health check timeout can be extended. "
-                f"Logs for this revision might contain more information.\n\n{logs}"
-            )
-        else:
-            detail = (
-                "The user-provided container failed the configured startup probe checks. Logs for this revision "
-                f"might contain more information.\n\n{logs}"
-            )
-        raise _RevisionFailure(detail, container=True)
-
-    @staticmethod
-    def _probe(container: dict[str, Any], host_port: int) -> Probe:
-        spec = container["startupProbe"]
-        default = {k: v for k, v in spec.items() if k != "tcpSocket"} == _DEFAULT_PROBE and "tcpSocket" in spec
-        common = {
-            "port": host_port,
-            "initial_delay": float(spec.get("initialDelaySeconds", 0)),
-            "timeout": float(spec.get("timeoutSeconds", 1)),
-            "period": float(spec.get("periodSeconds", 10)),
-            "failure_threshold": int(spec.get("failureThreshold", 3)),
-            "default": default,
-        }
-        if "httpGet" in spec:
-            http_get = spec["httpGet"]
-            headers = [(h["name"], h.get("value", "")) for h in http_get.get("httpHeaders", [])]
-            return Probe(kind="http", path=http_get.get("path", "/"), headers=headers, **common)  # type: ignore[arg-type]
-        return Probe(kind="tcp", **common)  # type: ignore[arg-type]
-
-    def _set_revision_conditions(self, revision: str, failure: _RevisionFailure | None) -> None:
-        with self._lock:
-            rev = self.world.store.get(REVISION_KIND, revision)
-            if rev is None:
-                return
-            rev["reconciling"] = False
-            rev["updateTime"] = _now()
-            if failure is None:
-                rev["conditions"] = [
-                    _condition("Ready", "CONDITION_SUCCEEDED"),
-                    _condition("ContainerHealthy", "CONDITION_SUCCEEDED"),
-                    _condition("ResourcesAvailable", "CONDITION_SUCCEEDED"),
-                ]
-            else:
-                extra = {"reason": failure.reason} if failure.reason else {}
-                ready = _condition("Ready", "CONDITION_FAILED", failure.detail, **extra)
-                rev["conditions"] = [ready]
-                if failure.container:
-                    rev["conditions"].append(
-                        _condition(
-                            "ContainerHealthy",
-                            "CONDITION_FAILED",
-                            failure.detail,
-                            revisionReason="HEALTH_CHECK_CONTAINER_ERROR",
-                        )
-                    )
-            self.world.store.put(REVISION_KIND, revision, rev)
-
-    def _launch(self, rev: dict[str, Any], epoch: int) -> RevisionProcess:
-        """Resolve everything the revision needs as Cloud Run does when an instance starts, then start it."""
-        revision = rev["name"]
-        parts = revision.split("/")
-        pid, sid, short = parts[1], parts[5], parts[7]
-        service = revision.rsplit("/revisions/", 1)[0]
-        index, container = _ingress(rev["containers"])
-        record = self._resolve_image(service, short, container["image"])
-        if record is None:
-            raise _RevisionFailure(f"Image '{container['image']}' not found.", reason="CONTAINER_MISSING")
-        account = rev.get("serviceAccount", "")
-        member = f"serviceAccount:{account}"
-
-        env: dict[str, str] = {k: v for k, v in record.env.items() if k != "PATH"}
-        image_path = [record.host_path(p) for p in record.env.get("PATH", "").split(":") if p]
-        path = [
-            str(Path(sys.executable).parent),
-            *[p for p in image_path if Path(p).is_absolute() and Path(p).exists()],
-        ]
-        path += os.environ.get("PATH", "").split(":")
-        env["PATH"] = ":".join(dict.fromkeys(p for p in path if p))
-        for key in ("HOME", "LANG"):
-            if key in os.environ:
-                env[key] = os.environ[key]
-        for j, var in enumerate(container.get("env", [])):
-            if "valueSource" in var:
-                env[var["name"]] = self._secret_value(pid, index, j, var, member, account)
-            else:
-                env[var["name"]] = var.get("value", "")
-        port = free_port()
-        env.update(PORT=str(port), K_SERVICE=sid, K_REVISION=short, K_CONFIGURATION=sid)
-        # Google APIs: on Cloud Run the container reaches them with the runtime account's token from the metadata
-        # server; here Cloud Storage is the emulator's (google-cloud-storage honours STORAGE_EMULATOR_HOST).
-        env["STORAGE_EMULATOR_HOST"] = self.world.base_url
-
-        cloudsql = self._cloudsql_instances(rev, container)
-        cloudsql_dir = self._cloudsql_dir(revision) if cloudsql else None
-        if cloudsql_dir is not None:
-            env[CLOUDSQL_DIR_ENV] = str(cloudsql_dir)
-
-        argv = record.command(container.get("command"), container.get("args"))
-        if not argv:
-            raise _RevisionFailure(
-                "Application failed to start: the image has no ENTRYPOINT or CMD and the container sets no command.",
-                container=True,
-            )
-        cwd = record.host_workdir()
-        if container.get("workingDir"):
-            mapped = Path(record.host_path(container["workingDir"]))
-            cwd = mapped if mapped.is_dir() else cwd
-        log_path = self._log_path(revision)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_epoch(epoch)
-        try:
-            popen = self._spawner.spawn(argv, env=env, cwd=cwd, log=log_path)
-        except OSError as exc:
-            raise _RevisionFailure(f"Application failed to start: {exc.strerror or exc}", container=True) from None
-        proc = RevisionProcess(
-            revision,
-            popen,
-            port=port,
-            container_port=int(container["ports"][0]["containerPort"]),
-            h2c=container["ports"][0].get("name") == "h2c",
-            log_path=log_path,
-            cloudsql_dir=cloudsql_dir,
-        )
-        proc.request_timeout = _seconds(rev.get("timeout"), 300.0)
-        proc.cloudsql_instances = cloudsql
-        proc.member = member
-        proc.system_log(
-            f"Starting revision {short} (host port {port} stands for container port {proc.container_port})."
-        )
-        with self._lock:
-            if self._epoch != epoch:
-                proc.signal(signal.SIGKILL)
-                raise _Cancelled
-            old = self._procs.get(revision)
-            self._procs[revision] = proc
-            self.world.store.put(PROCESS_KIND, revision, {"pid": popen.pid, "startTime": process_start_time(popen.pid)})
-        if old is not None and old is not proc:
-            threading.Thread(target=old.stop, daemon=True).start()
-        self._sync_cloudsql(proc)
-        self._ensure_watchdog()
-        return proc
-
-    def _resolve_image(self, service: str, revision: str, uri: str) -> ImageRecord | None:
-        """The image a revision runs, pinned to the digest it had when the revision first started."""
-        ar = self.world.apis.get("artifactregistry")
-        if ar is None:
-            return None
-        state = self.world.store.get(STATE_KIND, service) or {}
-        pinned = state.get("images", {}).get(revision)
-        if pinned:
-            record = ar.resolve_image(pinned)
-            if record is None:
-                record = ar.resolve_image(uri)
-                if record is not None and f"@{record.digest}" not in pinned:
-                    record = None
-            return record
-        record = ar.resolve_image(uri)
-        if record is not None:
-            with self._lock:
-                state = self.world.store.get(STATE_KIND, service)
-                if state is not None:
-                    state.setdefault("images", {})[revision] = _digest_ref(uri, record.digest)
-                    self.world.store.put(STATE_KIND, service, state)
-        return record
-
-    def _secret_value(
-        self, project_id: str, container: int, index: int, var: dict[str, Any], member: str, account: str
-    ) -> str:
-        ref = var["valueSource"]["secretKeyRef"]
-        secret = ref["secret"]
-        if secret.startswith("projects/"):
-            secret_name = secret
-        else:
-            # A short id names a secret of the service's project; GCP spells it with the project number.
-            project = self.world.find_project(project_id) or {"name": f"projects/{project_id}"}
-            secret_name = f"{project['name']}/secrets/{secret}"
-        version = f"{secret_name}/versions/{ref.get('version') or 'latest'}"
-        field = f"spec.template.spec.containers[{container}].env[{index}].value_from.secret_key_ref.name"
-        sm = self.world.apis.get("secretmanager")
-        if sm is None:
-            raise _RevisionFailure(f"{field}: Secret {version} was not found", reason="SECRETS_ACCESS_CHECK_FAILED")
-        try:
-            allowed = sm.can_access(member, secret_name)
-        except GcpError:
-            raise _RevisionFailure(
-                f"{field}: Secret {version} was not found", reason="SECRETS_ACCESS_CHECK_FAILED"
-            ) from None
-        if not allowed:
-            raise _RevisionFailure(
-                f"{field}: Permission denied on secret: {version} for Revision service account {account}. The "
-                "service account used must be granted the 'Secret Manager Secret Accessor' role "
-                "(roles/secretmanager.secretAccessor) at the secret, project or higher level.",
-                reason="SECRETS_ACCESS_CHECK_FAILED",
-            )
-        try:
-            data: bytes = sm.access(version)
-        except GcpError as err:
-            if err.code == 404:
-                raise _RevisionFailure(
-                    f"{field}: Secret {version} was not found", reason="SECRETS_ACCESS_CHECK_FAILED"
-                ) from None
-            raise _RevisionFailure(f"{field}: {err.message}", reason="SECRETS_ACCESS_CHECK_FAILED") from None
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            # The message names the secret, never its bytes.
-            raise _RevisionFailure(
-                f"{field}: Secret {version} is not valid UTF-8 and cannot be used as an environment variable.",
-                reason="SECRETS_ACCESS_CHECK_FAILED",
-            ) from None
-
-    # --- Cloud SQL volumes ------------------------------------------------------------------------
-
-    @staticmethod
-    def _cloudsql_instances(rev: dict[str, Any], container: dict[str, Any]) -> list[str]:
-        mounted = {m.get("name") for m in container.get("volumeMounts", [])}
-        out: list[str] = []
-        for volume in rev.get("volumes", []):
-            if volume.get("name") in mounted and "cloudSqlInstance" in volume:
-                out.extend(volume["cloudSqlInstance"].get("instances", []))
-        return list(dict.fromkeys(out))
-
-    def _sync_cloudsql(self, proc: RevisionProcess) -> None:
-        """Link each instance's socket directory into the revision's Cloud SQL directory while the runtime
-        service account may connect (roles/cloudsql.client, Cloud SQL Admin API enabled) — re-checked
-        every second, as the Cloud SQL connector checks on each connection."""
-        if proc.cloudsql_dir is None:
-            return
-        wanted: dict[str, str] = {}
-        sqladmin = self.world.apis.get("sqladmin")
-        for conn in proc.cloudsql_instances:
-            if sqladmin is None or conn.count(":") < 2:
-                continue
-            project = conn.rsplit(":", 2)[0]
-            if self.world.find_project(project) is None:
-                continue
-            if self.world.service_state(project, "sqladmin.googleapis.com") != "ENABLED":
-                continue
-            if not self.world.iam.has_role([f"projects/{project}"], proc.member, CLOUDSQL_CLIENT):
-                continue
-            try:
-                # Linked whether or not the instance exists: without one, connecting fails as on GCP.
-                wanted[conn] = str(sqladmin.socket_dir(conn))
-            except ValueError:
-                continue
-        with contextlib.suppress(OSError):
-            sync_links(proc.cloudsql_dir, wanted)
-
-    # --- traffic ----------------------------------------------------------------------------------
-
-    def _targets(self, svc: dict[str, Any]) -> list[_Target]:
-        out: list[_Target] = []
-        for t in svc.get("traffic", []):
-            percent = int(t.get("percent", 0))
-            if t.get("type", _LATEST) == _LATEST:
-                revision = svc.get("latestReadyRevision", "")
-            else:
-                revision = f"{svc['name']}/revisions/{t['revision']}"
-            if percent > 0 and revision:
-                out.append(_Target(revision, percent))
-        return out
-
-    def _traffic_statuses(self, svc: dict[str, Any]) -> list[dict[str, Any]]:
-        out = []
-        for t in svc.get("traffic", []):
-            status: dict[str, Any] = {"type": t.get("type", _LATEST), "percent": int(t.get("percent", 0))}
-            revision = (
-                svc.get("latestReadyRevision", "").rsplit("/", 1)[-1] if status["type"] == _LATEST else t["revision"]
-            )
-            if revision:
-                status["revision"] = revision
-            if t.get("tag"):
-                status["tag"] = t["tag"]
-            out.append(status)
-        return out
-
-    def _route(self, name: str, epoch: int) -> str:
-        """Point the front end at the processes the traffic spec names (starting any that are not running)
-        and retire the rest once their requests finished. Returns why routing failed, or ""."""
-        svc = self._require_service(name)
-        targets = self._targets(svc)
-        routed: list[tuple[RevisionProcess, int]] = []
-        error = ""
-        if not targets:
-            error = "Revision is not ready and cannot serve traffic: the service has no ready revision."
-        for target in targets:
-            try:
-                routed.append((self._bring_up(target.revision, epoch), target.percent))
-            except _RevisionFailure as failure:
-                short = target.revision.rsplit("/", 1)[1]
-                error = error or (
-                    failure.detail
-                    if failure.missing
-                    else f"Revision '{short}' is not ready and cannot serve traffic. {failure.detail}"
-                )
-        if error and targets:
-            # As Knative does, a route that cannot be reconciled keeps serving as it did; instances started
-            # only for it are let go.
-            with self._lock:
-                frontend = self._frontends.get(name)
-                serving = set(frontend.targets()) if frontend is not None else set()
-                started = [p for p, _ in routed if p not in serving and self._procs.get(p.revision) is p]
-                for proc in started:
-                    del self._procs[proc.revision]
-                    self.world.store.delete(PROCESS_KIND, proc.revision)
-            for proc in started:
-                threading.Thread(target=proc.stop, daemon=True).start()
-            return error
-        with self._lock:
-            self._check_epoch(epoch)
-            frontend = self._frontends.get(name)
-            if frontend is not None:
-                frontend.set_targets(routed)
-            keep = {p.revision for p, _ in routed}
-            prefix = f"{name}/revisions/"
-            retired = [self._procs.pop(r) for r in list(self._procs) if r.startswith(prefix) and r not in keep]
-            for proc in retired:
-                self.world.store.delete(PROCESS_KIND, proc.revision)
-        for proc in retired:
-            # Retired instances finish what they are serving (up to the request timeout), then stop.
-            threading.Thread(
-                target=proc.stop, kwargs={"drain_timeout": proc.request_timeout}, name="run-retire", daemon=True
-            ).start()
-        return error
 
     # --- front ends and callers -------------------------------------------------------------------
 
@@ -1290,98 +707,6 @@ class CloudRunApi(ApiModule):
         with self._lock:
             self._frontends[name] = frontend
         return frontend
-
-    def _authorize(self, name: str, headers: dict[str, str], path: str) -> tuple[int, str] | None:
-        """Cloud Run's invoker check: allUsers (or invokerIamDisabled) lets anyone in; otherwise the
-        caller's identity token must name a member holding roles/run.invoker."""
-        svc = self.world.store.get(SERVICE_KIND, name)
-        if svc is None:
-            return 404, google_error_page(404, "Not Found", f"The requested URL <code>{path}</code> was not found.")
-        if svc.get("invokerIamDisabled"):
-            return None
-        resources = [name, f"projects/{name.split('/')[1]}"]
-        if self.world.iam.has_role(resources, "allUsers", INVOKER):
-            return None
-        forbidden = (
-            403,
-            google_error_page(
-                403,
-                "Forbidden",
-                f"Your client does not have permission to get URL <code>{path}</code> from this server.",
-            ),
-        )
-        auth = headers.get("x-serverless-authorization") or headers.get("authorization") or ""
-        if not auth:
-            return forbidden
-        scheme, _, token = auth.partition(" ")
-        email = decode_jwt_email(token.strip()) if scheme.lower() == "bearer" else None
-        if email is None:
-            return 401, google_error_page(
-                401, "Unauthorized", f"Your client does not have permission to the requested URL <code>{path}</code>."
-            )
-        member = ("serviceAccount:" if email.endswith(".gserviceaccount.com") else "user:") + email
-        for who in (member, "allAuthenticatedUsers"):
-            if self.world.iam.has_role(resources, who, INVOKER):
-                return None
-        return forbidden
-
-    # --- the watchdog: crashed instances and Cloud SQL links --------------------------------------
-
-    def _ensure_watchdog(self) -> None:
-        with self._lock:
-            if self._watchdog is None or not self._watchdog.is_alive():
-                self._stop.clear()
-                self._watchdog = threading.Thread(target=self._watch, name="run-watchdog", daemon=True)
-                self._watchdog.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self._tick()
-            except Exception:  # the watchdog must outlive any one bad tick
-                traceback.print_exc()
-
-    def _tick(self) -> None:
-        epoch = self._epoch
-        with self._lock:
-            procs = list(self._procs.items())
-        now = time.monotonic()
-        for revision, proc in procs:
-            if proc.stopping:
-                continue
-            if proc.ready and not proc.alive():
-                # A serving instance died: Cloud Run starts another one, backing off while it keeps dying.
-                proc.system_log(_exit_line(proc.proc.returncode))
-                with self._lock:
-                    if self._procs.get(revision) is proc:
-                        del self._procs[revision]
-                    failures, _ = self._restarts.get(revision, (0, 0.0))
-                    self._restarts[revision] = (failures, now + min(30.0, 2.0**failures))
-                continue
-            self._sync_cloudsql(proc)
-        with self._lock:
-            due = [r for r, (_, when) in self._restarts.items() if when <= now]
-        for revision in due:
-            service = revision.rsplit("/revisions/", 1)[0]
-            lock = self._service_lock(service)
-            if not lock.acquire(blocking=False):
-                continue
-            try:
-                if self.world.store.get(SERVICE_KIND, service) is None:
-                    with self._lock:
-                        self._restarts.pop(revision, None)
-                    continue
-                error = self._route(service, epoch)
-                with self._lock:
-                    if error and revision not in self._procs:
-                        failures, _ = self._restarts.get(revision, (0, 0.0))
-                        self._restarts[revision] = (failures + 1, time.monotonic() + min(30.0, 2.0 ** (failures + 1)))
-                    else:
-                        self._restarts.pop(revision, None)
-            except _Cancelled:
-                return
-            finally:
-                lock.release()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -1408,11 +733,13 @@ class CloudRunApi(ApiModule):
     def reset(self) -> None:
         self._stop_everything()
         self._reap_orphans()
+        self._remove_cloudsql_targets()
         shutil.rmtree(self.world.data_dir / "r", ignore_errors=True)
 
     def shutdown(self) -> None:
         self._stop.set()
         self._stop_everything()
+        self._remove_cloudsql_targets()
 
     def restore(self) -> None:
         """After a daemon restart: reap what a crash left running, reopen every front end on its port,

@@ -1,5 +1,5 @@
-"""Cloud SQL Admin v1 (discovery API): instances, databases, users and ``sql#operation``s, each instance a real
-PostgreSQL server listening on ``<data>/cloudsql/<connection name>/.s.PGSQL.5432``."""
+"""Cloud SQL Admin v1 (discovery API): instances, databases, users and ``sql#operation``s, each PostgreSQL instance a
+real server listening on ``<data>/cloudsql/<hash of the connection name>/.s.PGSQL.5432`` (``socket_dir``)."""
 
 from .api import SqlAdminApi
 

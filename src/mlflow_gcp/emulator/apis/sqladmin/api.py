@@ -1,5 +1,8 @@
-"""Cloud SQL Admin v1: instances insert/get/list/patch/delete, databases insert/get/list/delete, users
-insert/get/list/update/delete, operations get/list.
+"""Cloud SQL Admin v1: instances insert/get/list/patch/update/delete, databases insert/get/list/patch/update/delete,
+users insert/get/list/update/delete, operations get/list.
+
+Shapes follow traffic recorded on real GCP (tests/golden/recordings/sql-*.log): creating a database and every
+user call answer an operation that is already DONE; instance and other database changes answer PENDING.
 
 What GCP does and the emulator reproduces:
 
@@ -17,9 +20,12 @@ What GCP does and the emulator reproduces:
 - Database and user calls run against the real server: a database or role that already exists is refused at
   once with PostgreSQL's own words, as Cloud SQL does; dropping a role that owns objects fails.
 
-Choices where GCP does something the emulator cannot: ``databaseVersion`` must be a POSTGRES_* version (without
-it Cloud SQL creates a MySQL instance, and the emulator runs only PostgreSQL), answered 501 with that reason;
-the server runs the installed PostgreSQL major version, which ``databaseInstalledVersion`` reports truthfully.
+Choices where GCP does something the emulator cannot: a MYSQL_* instance is a record only (its databases and users
+are stored, no server runs: nothing can connect to it); without ``databaseVersion`` Cloud SQL creates a MySQL
+instance, which the emulator answers 501, so that a forgotten version does not silently give a serverless record;
+the server runs the installed PostgreSQL major version, which ``databaseInstalledVersion`` reports truthfully, and a
+major version upgrade changes ``databaseVersion`` while the server keeps the installation its data was made with.
+MySQL users are keyed by name (``host`` is recorded, not matched).
 Passwords are never stored or returned: roles get SCRAM verifiers computed here.
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import ipaddress
 import re
 import shutil
@@ -66,6 +73,8 @@ if TYPE_CHECKING:
 KIND_INSTANCE = "sqladmin.instance"
 KIND_OPERATION = "sqladmin.operation"
 KIND_DELETED = "sqladmin.deletedInstanceName"
+#: The databases and users of an instance the emulator keeps as records (MySQL: no server runs).
+KIND_CATALOG = "sqladmin.recordedCatalog"
 API_BASE = "https://sqladmin.googleapis.com/v1"
 OPERATOR = "owner@example.com"
 NAME_REUSE_SECONDS = 7 * 24 * 3600
@@ -75,6 +84,20 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _POSTGRES = re.compile(r"^POSTGRES_(\d+)(?:_\d+)?$")
+_MYSQL = re.compile(r"^MYSQL_(\d+)_(\d+)(?:_\d+)?$")
+#: What Cloud SQL answered as ``upgradableDatabaseVersions`` (recorded: tests/golden/recordings/
+#: sql-instance-postgres-minimal.log, sql-instance-postgres.log, sql-database.log, sql-user-full.log); versions not
+#: listed get every newer major.
+_MYSQL_8_0_MINORS = tuple(str(m) for m in (18, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 39, 40, 42, 43))
+_UPGRADABLE: dict[str, list[str]] = {
+    "POSTGRES_9_6": [],
+    "POSTGRES_15": ["POSTGRES_16"],
+    "POSTGRES_16": [],
+    "MYSQL_5_7": ["MYSQL_8_0", *(f"MYSQL_8_0_{m}" for m in _MYSQL_8_0_MINORS if int(m) <= 37)],
+    "MYSQL_8_0": [*(f"MYSQL_8_0_{m}" for m in _MYSQL_8_0_MINORS), "MYSQL_8_4"],
+}
+#: The MySQL build Cloud SQL installs for a version (recorded: sql-database.log, sql-user-full.log).
+_MYSQL_INSTALLED = {"MYSQL_5_7": "MYSQL_5_7_44", "MYSQL_8_0": "MYSQL_8_0_41"}
 _SUPPORTED_MAJORS = range(9, 19)
 DELAY_KEYS = {
     "CREATE": "sqladmin.instance.create",
@@ -82,10 +105,13 @@ DELAY_KEYS = {
     "DELETE": "sqladmin.instance.delete",
     "CREATE_DATABASE": "sqladmin.database",
     "DELETE_DATABASE": "sqladmin.database",
+    "UPDATE_DATABASE": "sqladmin.database",
     "CREATE_USER": "sqladmin.user",
     "UPDATE_USER": "sqladmin.user",
     "DELETE_USER": "sqladmin.user",
 }
+#: Operations Cloud SQL answers already DONE (recorded: tests/golden/recordings/sql-database.log, sql-user.log).
+_ANSWERED_DONE = frozenset({"CREATE_DATABASE", "CREATE_USER", "UPDATE_USER", "DELETE_USER"})
 #: Server settings the emulator owns (socket, logging, durability): Cloud SQL does not let flags set these.
 MANAGED_FLAGS = frozenset(
     {
@@ -202,8 +228,88 @@ def _policy(instance: dict[str, Any]) -> str:
     return instance.get("settings", {}).get("activationPolicy", "ALWAYS")
 
 
+def _is_mysql(instance: dict[str, Any]) -> bool:
+    """MySQL instances are kept as records: no server runs, databases and users are stored."""
+    return bool(_MYSQL.match(instance.get("databaseVersion", "")))
+
+
+def _display_name(version: str) -> str:
+    engine, _, rest = version.partition("_")
+    numbers = rest.replace("_", ".")
+    return f"{'PostgreSQL' if engine == 'POSTGRES' else 'MySQL'} {numbers}"
+
+
+def _upgradable(version: str) -> list[dict[str, str]]:
+    if version in _UPGRADABLE:
+        names = _UPGRADABLE[version]
+    elif m := _POSTGRES.match(version):
+        names = [f"POSTGRES_{n}" for n in _SUPPORTED_MAJORS if n > int(m.group(1))]
+    else:
+        names = []
+    out = []
+    for name in names:
+        major = "_".join(name.split("_")[:3]) if name.startswith("MYSQL") else name
+        out.append({"displayName": _display_name(name), "majorVersion": major, "name": name})
+    return out
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("_")[1:] if p.isdigit())
+
+
+def _gemini_config(mysql: bool) -> dict[str, Any]:
+    # recorded: tests/golden/recordings/sql-instance-postgres-minimal.log (PostgreSQL), sql-user.log (MySQL)
+    if mysql:
+        return {
+            "activeQueryEnabled": False,
+            "entitled": False,
+            "flagRecommenderEnabled": True,
+            "indexAdvisorEnabled": False,
+        }
+    return {
+        "activeQueryEnabled": False,
+        "entitled": False,
+        "googleVacuumMgmtEnabled": False,
+        "indexAdvisorEnabled": False,
+        "oomSessionCancelEnabled": False,
+    }
+
+
+def _ip_addresses(instance: dict[str, Any]) -> list[dict[str, str]]:
+    """Documentation-range and private addresses: nothing listens there (clients use the unix socket).
+    recorded: sql-instance-postgres-minimal.log (PRIMARY and OUTGOING for PostgreSQL with public IP),
+    sql-user.log (PRIMARY alone for MySQL), sql-instance-postgres.log (PRIVATE alone with a private network)."""
+    ip = instance["settings"]["ipConfiguration"]
+    octet = int(hashlib.sha256(instance["connectionName"].encode()).hexdigest()[:2], 16) % 253 + 1
+    out = []
+    if ip.get("ipv4Enabled"):
+        out.append({"type": "PRIMARY", "ipAddress": f"198.51.100.{octet}"})
+        if not _is_mysql(instance):
+            out.append({"type": "OUTGOING", "ipAddress": f"203.0.113.{octet}"})
+    if ip.get("privateNetwork"):
+        out.append({"type": "PRIVATE", "ipAddress": f"10.128.0.{octet}"})
+    return out
+
+
+def _server_ca_cert(instance: dict[str, Any]) -> dict[str, Any]:
+    """A placeholder of Cloud SQL's server CA (the emulator serves no TLS; clients use the unix socket)."""
+    created = instance["createTime"]
+    expires = f"{int(created[:4]) + 10}{created[4:]}"
+    return {
+        "kind": "sql#sslCert",
+        "certSerialNumber": "0",
+        "cert": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        "commonName": f"C=US,O=Google\\, Inc,CN=Google Cloud SQL Server CA,dnQualifier={uuid.uuid4()}",
+        "sha1Fingerprint": hashlib.sha1(instance["connectionName"].encode()).hexdigest(),
+        "instance": instance["name"],
+        "createTime": created,
+        "expirationTime": expires,
+    }
+
+
 class SqlAdminApi(ApiModule):
     prefix = "/sqladmin"
+    error_style = "legacy"
     service = "sqladmin.googleapis.com"
     title = "Cloud SQL Admin API"
 
@@ -225,10 +331,11 @@ class SqlAdminApi(ApiModule):
         return self.world.data_dir.absolute() / "cloudsql"
 
     def socket_dir(self, connection_name: str) -> Path:
-        """The directory holding ``.s.PGSQL.5432`` for ``project:region:instance``."""
+        """The directory holding ``.s.PGSQL.5432`` for ``project:region:instance``: named by a hash of the
+        connection name, so that any valid project and instance name fits a unix socket path (107 bytes)."""
         if not connection_name or "/" in connection_name or connection_name in (".", ".."):
             raise ValueError(f"not a Cloud SQL connection name: {connection_name!r}")
-        return self.socket_root / connection_name
+        return self.socket_root / hashlib.sha256(connection_name.encode()).hexdigest()[:16]
 
     def instance_by_connection_name(self, connection_name: str) -> dict[str, Any] | None:
         """The stored instance resource whose ``connectionName`` this is, or None."""
@@ -291,7 +398,7 @@ class SqlAdminApi(ApiModule):
             for rec in pending:
                 self._busy[f"{rec['public']['targetProject']}/{rec['instance']}"] = rec["public"]["name"]
             for instance in self.world.store.list(KIND_INSTANCE):
-                if instance["state"] != "RUNNABLE" or _policy(instance) == "NEVER":
+                if instance["state"] != "RUNNABLE" or _policy(instance) == "NEVER" or _is_mysql(instance):
                     continue
                 try:
                     self._server_of(instance).start(self._options(instance))
@@ -306,13 +413,18 @@ class SqlAdminApi(ApiModule):
         if f"{project}/{name}" in self._busy:
             raise _in_progress()
 
-    def _start_op(self, project: str, instance: str, op_type: str, work: dict[str, Any]) -> dict[str, Any]:
+    def _start_op(
+        self, project: str, instance: str, op_type: str, work: dict[str, Any], target: str = ""
+    ) -> dict[str, Any]:
         """Record a PENDING operation and run it in the background; the caller holds the lock and has checked
-        the instance is idle."""
+        the instance is idle. ``target`` is the path below the instance the operation is about (a database).
+        Creating a database and every user call are done before Cloud SQL answers (recorded:
+        tests/golden/recordings/sql-database.log, sql-user.log): so here too, unless the latency profile
+        gives them time."""
         name = str(uuid.uuid4())
         public = {
             "kind": "sql#operation",
-            "targetLink": f"{API_BASE}/projects/{project}/instances/{instance}",
+            "targetLink": f"{API_BASE}/projects/{project}/instances/{instance}{target}",
             "status": "PENDING",
             "user": OPERATOR,
             "insertTime": _now(),
@@ -326,6 +438,10 @@ class SqlAdminApi(ApiModule):
             KIND_OPERATION, f"{project}/{name}", {"public": public, "work": work, "instance": instance}
         )
         self._busy[f"{project}/{instance}"] = name
+        if op_type in _ANSWERED_DONE and not self.world.control.delay(DELAY_KEYS[op_type]):
+            self._run(project, name, self._cancel)
+            rec = self.world.store.get(KIND_OPERATION, f"{project}/{name}")
+            return rec["public"] if rec is not None else public
         self._launch(project, name)
         return public
 
@@ -383,19 +499,67 @@ class SqlAdminApi(ApiModule):
         if instance is None:
             raise _OpFailure("INTERNAL_ERROR", "The instance no longer exists.")
         if op_type == "CREATE":
-            self._do_create(instance, work.get("rootVerifier"))
+            if _is_mysql(instance):
+                self._do_create_recorded(instance)
+            else:
+                self._do_create(instance, work.get("rootVerifier"))
         elif op_type == "UPDATE":
             self._do_update(instance, work["instance"], work["restart"])
         elif op_type == "DELETE":
-            self._server_of(instance).remove()
+            if not _is_mysql(instance):
+                self._server_of(instance).remove()
             with self._lock:
                 self._servers.pop(f"{project}/{instance_name}", None)
                 self.world.store.delete(KIND_INSTANCE, f"{project}/{instance_name}")
+                self.world.store.delete(KIND_CATALOG, f"{project}/{instance_name}")
                 self.world.store.put(
                     KIND_DELETED, f"{project}/{instance_name}", {"deleteTime": _now(), "deletedAt": time.time()}
                 )
+        elif _is_mysql(instance):
+            self._do_recorded(instance, work)
         else:
             self._do_sql(instance, work)
+            if "user" in work:
+                self._do_recorded(instance, work)
+
+    def _do_create_recorded(self, instance: dict[str, Any]) -> None:
+        """A MySQL instance: no server runs; its databases and users are records (MySQL's own databases and
+        its ``root`` user, as Cloud SQL lists them)."""
+        key = f"{instance['project']}/{instance['name']}"
+        collation = "utf8_general_ci" if instance["databaseVersion"] == "MYSQL_5_7" else "utf8mb4_0900_ai_ci"
+        charset = "utf8" if instance["databaseVersion"] == "MYSQL_5_7" else "utf8mb4"
+        system = ("information_schema", "mysql", "performance_schema", "sys")
+        catalog = {
+            "databases": {d: {"charset": charset, "collation": collation} for d in system},
+            "users": {"root": {"host": "%"}},
+        }
+        installed = _MYSQL_INSTALLED.get(instance["databaseVersion"], f"{instance['databaseVersion']}_0")
+        with self._lock:
+            self.world.store.put(KIND_CATALOG, key, catalog)
+            instance.update(
+                state="RUNNABLE",
+                databaseInstalledVersion=installed,
+                maintenanceVersion=f"{installed}.R20250101.00_00",
+            )
+            self.world.store.put(KIND_INSTANCE, key, instance)
+
+    def _do_recorded(self, instance: dict[str, Any], work: dict[str, Any]) -> None:
+        key = f"{instance['project']}/{instance['name']}"
+        with self._lock:
+            catalog = self.world.store.get(KIND_CATALOG, key) or {"databases": {}, "users": {}}
+            op_type = work["type"]
+            if op_type == "CREATE_DATABASE":
+                catalog["databases"][work["database"]] = work["fields"]
+            elif op_type == "UPDATE_DATABASE":
+                catalog["databases"].setdefault(work["database"], {}).update(work["fields"])
+            elif op_type == "DELETE_DATABASE":
+                catalog["databases"].pop(work["database"], None)
+            elif op_type in ("CREATE_USER", "UPDATE_USER"):
+                user = catalog["users"].setdefault(work["user"], {"host": "%"})
+                user.update(work["fields"])
+            elif op_type == "DELETE_USER":
+                catalog["users"].pop(work["user"], None)
+            self.world.store.put(KIND_CATALOG, key, catalog)
 
     def _options(self, instance: dict[str, Any]) -> dict[str, str]:
         settings = instance["settings"]
@@ -434,7 +598,19 @@ class SqlAdminApi(ApiModule):
 
     def _do_update(self, old: dict[str, Any], new: dict[str, Any], restart: bool) -> None:
         new["settings"]["settingsVersion"] = str(int(old["settings"].get("settingsVersion", "1")) + 1)
-        if restart:
+        new["etag"] = uuid.uuid4().hex
+        # recorded: tests/golden/recordings/sql-instance-postgres-minimal.log (present once the instance changed)
+        new["settings"]["backupConfiguration"].setdefault("replicationLogArchivingEnabled", False)
+        if new["databaseVersion"] != old["databaseVersion"]:
+            # A major version upgrade: the PostgreSQL server keeps the installation its data was created with
+            # (databaseInstalledVersion stays truthful); a MySQL record takes Cloud SQL's build.
+            if _is_mysql(new):
+                installed = _MYSQL_INSTALLED.get(new["databaseVersion"], f"{new['databaseVersion']}_0")
+                new.update(databaseInstalledVersion=installed, maintenanceVersion=f"{installed}.R20250101.00_00")
+            new["upgradableDatabaseVersions"] = _upgradable(new["databaseVersion"])
+            if not new["upgradableDatabaseVersions"]:
+                del new["upgradableDatabaseVersions"]
+        if restart and not _is_mysql(new):
             server = self._server_of(old)
             server.stop()
             if _policy(new) != "NEVER":
@@ -453,6 +629,7 @@ class SqlAdminApi(ApiModule):
         what = {
             "CREATE_DATABASE": f"failed to create database {target}.",
             "DELETE_DATABASE": f"failed to delete database {target}.",
+            "UPDATE_DATABASE": f"failed to update database {target}.",
             "CREATE_USER": f"failed to create user {target}.",
             "UPDATE_USER": f"failed to update user {target}.",
             "DELETE_USER": f"failed to delete user {target}.",
@@ -491,15 +668,23 @@ class SqlAdminApi(ApiModule):
             raise _instance_missing()
         return instance
 
-    def _running(self, project: str, name: str) -> tuple[dict[str, Any], PostgresServer]:
-        """The instance and its server, for database and user calls."""
+    def _running(self, project: str, name: str) -> tuple[dict[str, Any], PostgresServer | None]:
+        """The instance and its server (None for a MySQL record), for database and user calls."""
         instance = self.world.store.get(KIND_INSTANCE, f"{project}/{name}")
         if instance is None:
             raise _not_authorized()
+        if instance["state"] != "RUNNABLE" or _policy(instance) == "NEVER":
+            raise _not_running()
+        if _is_mysql(instance):
+            return instance, None
         server = self._server_of(instance)
-        if instance["state"] != "RUNNABLE" or _policy(instance) == "NEVER" or not server.running():
+        if not server.running():
             raise _not_running()
         return instance, server
+
+    def _catalog(self, instance: dict[str, Any]) -> dict[str, Any]:
+        key = f"{instance['project']}/{instance['name']}"
+        return self.world.store.get(KIND_CATALOG, key) or {"databases": {}, "users": {}}
 
     def _query(self, server: PostgresServer, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -540,6 +725,7 @@ class SqlAdminApi(ApiModule):
             ("storageAutoResizeLimit", "0"),
             ("deletionProtectionEnabled", False),
             ("connectorEnforcement", "NOT_REQUIRED"),
+            ("authorizedGaeApplications", []),  # recorded: tests/golden/recordings/sql-instance-postgres.log
         ):
             settings.setdefault(field, default)
         if settings["activationPolicy"] == "ON_DEMAND":
@@ -550,7 +736,11 @@ class SqlAdminApi(ApiModule):
             **settings.get("locationPreference", {}),
         }
         # IP: public by default; sslMode wins over the legacy requireSsl, and each is derived from the other.
-        ip = {"ipv4Enabled": True, "serverCaMode": "GOOGLE_MANAGED_INTERNAL_CA", **settings.get("ipConfiguration", {})}
+        ip = {
+            "ipv4Enabled": True,
+            "authorizedNetworks": [],  # recorded: tests/golden/recordings/sql-instance-postgres-minimal.log
+            **settings.get("ipConfiguration", {}),
+        }
         given_ip = given.get("ipConfiguration", {})
         if "sslMode" not in given_ip and "requireSsl" in given_ip:
             ip["sslMode"] = (
@@ -569,24 +759,33 @@ class SqlAdminApi(ApiModule):
             acl.setdefault("kind", "sql#aclEntry")
         settings["ipConfiguration"] = ip
         # Backups: off unless asked (through the API), PITR needs backups, log retention by edition.
+        # recorded: tests/golden/recordings/sql-instance-postgres-minimal.log (ENTERPRISE: no PITR field unless
+        # set, log storage state unspecified), sql-instance-postgres.log (replication log archiving with backups)
         backup = {
             "kind": "sql#backupConfiguration",
             "enabled": False,
-            "startTime": "04:00",
-            "pointInTimeRecoveryEnabled": False,
+            "startTime": "12:00",
             "transactionLogRetentionDays": 14 if edition == "ENTERPRISE_PLUS" else 7,
             "backupRetentionSettings": {
                 "retentionUnit": "COUNT",
                 "retainedBackups": 15 if edition == "ENTERPRISE_PLUS" else 7,
             },
-            "transactionalLogStorageState": "CLOUD_STORAGE",
+            "transactionalLogStorageState": (
+                "CLOUD_STORAGE" if edition == "ENTERPRISE_PLUS" else "TRANSACTIONAL_LOG_STORAGE_STATE_UNSPECIFIED"
+            ),
             **settings.get("backupConfiguration", {}),
         }
+        if not _is_mysql(instance) and "binaryLogEnabled" in backup:
+            # Binary logs are MySQL's: for PostgreSQL the flag is kept as replication log archiving (recorded:
+            # tests/golden/recordings/sql-instance-pitr.log, created with binaryLogEnabled false).
+            backup["replicationLogArchivingEnabled"] = bool(backup.pop("binaryLogEnabled"))
+        if backup["enabled"]:
+            backup.setdefault("replicationLogArchivingEnabled", False)
         days = int(backup["transactionLogRetentionDays"])
         limit = 35 if edition == "ENTERPRISE_PLUS" else 7
         if not 1 <= days <= limit:
             raise _invalid(f"The number of transaction log retention days must be between 1 and {limit}.")
-        if backup["pointInTimeRecoveryEnabled"] and not backup["enabled"]:
+        if backup.get("pointInTimeRecoveryEnabled") and not backup["enabled"]:
             raise _invalid("Point-in-time recovery requires automated backups to be enabled.")
         settings["backupConfiguration"] = backup
         for key, value in settings.get("userLabels", {}).items():
@@ -595,7 +794,7 @@ class SqlAdminApi(ApiModule):
                     f"Invalid label ({key}: {value}): keys start with a lowercase letter; keys and values "
                     "have at most 63 lowercase letters, digits, '_' or '-'."
                 )
-        known = _known_server_settings()
+        known = None if _is_mysql(instance) else _known_server_settings()
         for flag in settings.get("databaseFlags", []):
             name = str(flag.get("name", "")).lower()
             if not name:
@@ -628,9 +827,10 @@ class SqlAdminApi(ApiModule):
         for field in ("masterInstanceName", "replicaConfiguration", "onPremisesConfiguration", "replicationCluster"):
             if body.get(field):
                 raise _not_emulated(f"{field} (replicas and external servers)")
-        if not _POSTGRES.match(version):
-            raise _not_emulated(f"databaseVersion {version}: the emulator runs only POSTGRES_* instances")
-        if _major(version) not in _SUPPORTED_MAJORS:
+        mysql = bool(_MYSQL.match(version))
+        if not _POSTGRES.match(version) and not mysql:
+            raise _not_emulated(f"databaseVersion {version}: the emulator serves POSTGRES_* and MYSQL_* instances")
+        if not mysql and _major(version) not in _SUPPORTED_MAJORS:
             raise _invalid(f"Invalid database version ({version}).")
         region = body.get("region") or DEFAULT_REGION
         if not _REGION.match(region):
@@ -655,18 +855,22 @@ class SqlAdminApi(ApiModule):
             "gceZone": f"{region}-c",
             "createTime": _now(),
             "sqlNetworkArchitecture": "NEW_NETWORK_ARCHITECTURE",
+            # recorded: tests/golden/recordings/sql-instance-postgres-minimal.log (fields GCP always returns)
+            "geminiConfig": {**_gemini_config(mysql), **body.get("geminiConfig", {})},
+            "satisfiesPzi": True,
         }
         self._validate_settings(instance, given)
         instance["settings"]["settingsVersion"] = "1"
         instance["gceZone"] = instance["settings"]["locationPreference"]["zone"]
-        if instance["settings"]["ipConfiguration"]["ipv4Enabled"]:
-            # A documentation-range address: nothing listens there, as nothing is authorized on a new instance.
-            octet = int(uuid.uuid4().hex[:2], 16) % 254 + 1
-            instance["ipAddresses"] = [{"type": "PRIMARY", "ipAddress": f"198.51.100.{octet}"}]
-        try:
-            check_socket_path(self.socket_dir(instance["connectionName"]))
-        except PostgresError as exc:
-            raise _not_emulated(str(exc).rstrip(".")) from None
+        instance["ipAddresses"] = _ip_addresses(instance)
+        instance["serverCaCert"] = _server_ca_cert(instance)
+        if upgradable := _upgradable(version):
+            instance["upgradableDatabaseVersions"] = upgradable
+        if not mysql:
+            try:
+                check_socket_path(self.socket_dir(instance["connectionName"]))
+            except PostgresError as exc:
+                raise _not_emulated(str(exc).rstrip(".")) from None
         root_password = body.get("rootPassword")
         verifier = scram_verifier(root_password) if root_password else None
         with self._lock:
@@ -711,6 +915,28 @@ class SqlAdminApi(ApiModule):
 
     @route("PATCH", "/v1/projects/{project}/instances/{instance}", name="instances.patch")
     def patch_instance(self, req: ApiRequest) -> dict[str, Any]:
+        return self._update_instance(req, replace=False)
+
+    @route("PUT", "/v1/projects/{project}/instances/{instance}", name="instances.update")
+    def update_instance(self, req: ApiRequest) -> dict[str, Any]:
+        """instances.update: the body's settings replace the instance's (what it omits takes its default).
+        recorded: tests/golden/recordings/sql-instance-postgres-minimal.log, sql-instance-postgres.log"""
+        return self._update_instance(req, replace=True)
+
+    @staticmethod
+    def _check_version_change(old: dict[str, Any], version: str) -> None:
+        """A major version upgrade (recorded: tests/golden/recordings/sql-instance-postgres-minimal.log): same
+        engine, newer version."""
+        current = old["databaseVersion"]
+        same_engine = current.split("_")[0] == version.split("_")[0]
+        if not same_engine or not (_POSTGRES.match(version) or _MYSQL.match(version)):
+            raise _invalid(f"Invalid database version ({version}): an upgrade keeps the database engine.")
+        if _version_key(version) <= _version_key(current):
+            raise _invalid(f"Invalid database version ({version}): it must be newer than {current}.")
+        if _POSTGRES.match(version) and _major(version) not in _SUPPORTED_MAJORS:
+            raise _invalid(f"Invalid database version ({version}).")
+
+    def _update_instance(self, req: ApiRequest, *, replace: bool) -> dict[str, Any]:
         body = req.json()
         validate_discovery(body, "sqladmin", "v1", "DatabaseInstance")
         pid = self._project(req)["projectId"]
@@ -723,16 +949,25 @@ class SqlAdminApi(ApiModule):
             for field in ("name", "region", "project"):
                 if field in body and body[field] != old[field]:
                     raise _invalid(f"The instance's {field} cannot be changed.")
-            if "databaseVersion" in body and body["databaseVersion"] != old["databaseVersion"]:
-                raise _not_emulated("Major version upgrades")
+            version = body.get("databaseVersion", old["databaseVersion"])
+            if version != old["databaseVersion"]:
+                self._check_version_change(old, version)
             if "rootPassword" in body:
                 raise _invalid("rootPassword is used only on creation; change a password with users.update.")
-            given = body.get("settings") or {}
+            given = copy.deepcopy(body.get("settings") or {})
             current = old["settings"].get("settingsVersion", "1")
-            if "settingsVersion" in given and str(given["settingsVersion"]) != str(current):
+            # Stale means older than the instance's: a recording's settingsVersion is redacted ("123", recorded:
+            # tests/golden/recordings/sql-instance-postgres.log), standing for the current one GCP accepted.
+            stated = str(given.get("settingsVersion", current))
+            if not stated.isdigit() or int(stated) < int(current):
                 raise GcpError(412, "Condition does not match.", "FAILED_PRECONDITION", reason="staleData")
+            given.pop("settingsVersion", None)
             new = copy.deepcopy(old)
-            new["settings"] = _merge(old["settings"], {k: v for k, v in given.items() if k != "settingsVersion"})
+            new["databaseVersion"] = version
+            if replace:
+                new["settings"] = {"settingsVersion": current, **given}
+            else:
+                new["settings"] = _merge(old["settings"], given)
             for field, value in body.items():
                 if field not in ("settings", "name", "region", "project", "databaseVersion") and field in _PATCHABLE:
                     new[field] = copy.deepcopy(value)
@@ -758,12 +993,18 @@ class SqlAdminApi(ApiModule):
 
     # --- databases ------------------------------------------------------------------------------------
 
-    def _database(self, instance: dict[str, Any], row: tuple[Any, ...]) -> dict[str, Any]:
-        name, charset, collation = row
+    def _database(self, instance: dict[str, Any], name: str, charset: str, collation: str) -> dict[str, Any]:
+        # PostgreSQL names the locale en_US.UTF-8; Cloud SQL spells its collation en_US.UTF8 (its documented
+        # default). A server that fell back to C.UTF-8 (no en_US locale on the host) says so.
+        collation = (
+            re.sub(r"(?i)\.utf-?8$", ".UTF8", collation) if collation.lower().startswith("en_us.") else collation
+        )
         return {
             "kind": "sql#database",
             "charset": charset,
             "collation": collation,
+            # recorded: tests/golden/recordings/sql-database.log
+            "etag": hashlib.sha256(f"{instance['etag']}/{name}/{charset}/{collation}".encode()).hexdigest()[:16],
             "name": name,
             "instance": instance["name"],
             "project": instance["project"],
@@ -775,10 +1016,22 @@ class SqlAdminApi(ApiModule):
         "WHERE NOT datistemplate AND datname <> ALL(%s)"
     )
 
-    def _database_rows(self, server: PostgresServer, name: str | None = None) -> list[tuple[Any, ...]]:
+    def _databases(
+        self, instance: dict[str, Any], server: PostgresServer | None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        if server is None:
+            found = self._catalog(instance)["databases"]
+            names = sorted(found) if name is None else [name] if name in found else []
+            return [self._database(instance, n, found[n]["charset"], found[n]["collation"]) for n in names]
         query = self._DATABASES + (" AND datname = %s" if name is not None else "") + " ORDER BY datname"
         params: tuple[Any, ...] = (list(INTERNAL_DATABASES),) + ((name,) if name is not None else ())
-        return self._query(server, query, params)
+        return [self._database(instance, *row) for row in self._query(server, query, params)]
+
+    @staticmethod
+    def _mysql_charset(instance: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
+        charset = body.get("charset") or ("utf8" if instance["databaseVersion"] == "MYSQL_5_7" else "utf8mb4")
+        default = "utf8mb4_0900_ai_ci" if charset == "utf8mb4" else f"{charset}_general_ci"
+        return {"charset": charset, "collation": body.get("collation") or default}
 
     @route("POST", "/v1/projects/{project}/instances/{instance}/databases", name="databases.insert")
     def insert_database(self, req: ApiRequest) -> dict[str, Any]:
@@ -786,86 +1039,149 @@ class SqlAdminApi(ApiModule):
         validate_discovery(body, "sqladmin", "v1", "Database")
         pid = self._project(req)["projectId"]
         name = _role_or_database_name(body, "database")
-        if body.get("charset") and body["charset"].upper().replace("-", "") != "UTF8":
-            raise _invalid(f"Invalid charset ({body['charset']}): PostgreSQL databases use UTF8.")
         with self._lock:
-            _, server = self._running(pid, req["instance"])
+            instance, server = self._running(pid, req["instance"])
+            work: dict[str, Any] = {"type": "CREATE_DATABASE", "database": name}
+            if server is None:
+                work["fields"] = self._mysql_charset(instance, body)
+            elif body.get("charset") and body["charset"].upper().replace("-", "") != "UTF8":
+                raise _invalid(f"Invalid charset ({body['charset']}): PostgreSQL databases use UTF8.")
             self._check_idle(pid, req["instance"])
-            if self._query(server, "SELECT 1 FROM pg_database WHERE datname = %s", (name,)):
+            if self._databases(instance, server, name):
                 raise _invalid(f'failed to create database {name}. Detail: pq: database "{name}" already exists.')
-            return self._start_op(
-                pid, req["instance"], "CREATE_DATABASE", {"type": "CREATE_DATABASE", "database": name}
-            )
+            return self._start_op(pid, req["instance"], "CREATE_DATABASE", work, f"/databases/{name}")
 
     @route("GET", "/v1/projects/{project}/instances/{instance}/databases", name="databases.list")
     def list_databases(self, req: ApiRequest) -> dict[str, Any]:
         pid = self._project(req)["projectId"]
         instance, server = self._running(pid, req["instance"])
-        return {
-            "kind": "sql#databasesList",
-            "items": [self._database(instance, r) for r in self._database_rows(server)],
-        }
+        out: dict[str, Any] = {"kind": "sql#databasesList"}
+        if items := self._databases(instance, server):
+            out["items"] = items
+        return out
 
-    def _database_missing(self, pid: str, instance: str, name: str) -> GcpError:
-        return GcpError(
-            404, f"Database [projects/{pid}/instances/{instance}/databases/{name}] was not found.", "NOT_FOUND"
-        )
+    @staticmethod
+    def _database_missing() -> GcpError:
+        # recorded: tests/golden/recordings/sql-database.log (Google's front end words it, with a status)
+        return GcpError(404, "Not Found", "NOT_FOUND", reason="notFound", style="both")
 
     @route("GET", "/v1/projects/{project}/instances/{instance}/databases/{database}", name="databases.get")
     def get_database(self, req: ApiRequest) -> dict[str, Any]:
         pid = self._project(req)["projectId"]
         instance, server = self._running(pid, req["instance"])
-        rows = self._database_rows(server, req["database"])
-        if not rows:
-            raise self._database_missing(pid, req["instance"], req["database"])
-        return self._database(instance, rows[0])
+        found = self._databases(instance, server, req["database"])
+        if not found:
+            raise self._database_missing()
+        return found[0]
+
+    @route("PUT", "/v1/projects/{project}/instances/{instance}/databases/{database}", name="databases.update")
+    def update_database(self, req: ApiRequest) -> dict[str, Any]:
+        """recorded: tests/golden/recordings/sql-database.log (charset and collation, an UPDATE_DATABASE operation)"""
+        return self._change_database(req)
+
+    @route("PATCH", "/v1/projects/{project}/instances/{instance}/databases/{database}", name="databases.patch")
+    def patch_database(self, req: ApiRequest) -> dict[str, Any]:
+        return self._change_database(req)
+
+    def _change_database(self, req: ApiRequest) -> dict[str, Any]:
+        body = req.json()
+        validate_discovery(body, "sqladmin", "v1", "Database")
+        pid = self._project(req)["projectId"]
+        name = req["database"]
+        if body.get("name", name) != name:
+            raise _invalid("A database cannot be renamed.")
+        with self._lock:
+            instance, server = self._running(pid, req["instance"])
+            self._check_idle(pid, req["instance"])
+            found = self._databases(instance, server, name)
+            if not found:
+                raise self._database_missing()
+            work: dict[str, Any] = {"type": "UPDATE_DATABASE", "database": name}
+            if server is None:
+                work["fields"] = self._mysql_charset(instance, {**found[0], **body})
+            else:
+                if body.get("charset") and body["charset"].upper().replace("-", "") != "UTF8":
+                    raise _invalid(f"Invalid charset ({body['charset']}): PostgreSQL databases use UTF8.")
+                if body.get("collation") and body["collation"] != found[0]["collation"]:
+                    raise _invalid(f"The collation of database {name} cannot be changed on PostgreSQL.")
+            return self._start_op(pid, req["instance"], "UPDATE_DATABASE", work, f"/databases/{name}")
 
     @route("DELETE", "/v1/projects/{project}/instances/{instance}/databases/{database}", name="databases.delete")
     def delete_database(self, req: ApiRequest) -> dict[str, Any]:
         pid = self._project(req)["projectId"]
         name = req["database"]
         with self._lock:
-            _, server = self._running(pid, req["instance"])
+            instance, server = self._running(pid, req["instance"])
             self._check_idle(pid, req["instance"])
-            if not self._database_rows(server, name):
-                raise self._database_missing(pid, req["instance"], name)
-            if self._query(server, "SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)):
+            if not self._databases(instance, server, name):
+                raise self._database_missing()
+            if server is not None and self._query(server, "SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)):
                 raise _invalid(
                     f'failed to delete database {name}. Detail: pq: database "{name}" is being accessed by other users.'
                 )
-            return self._start_op(
-                pid, req["instance"], "DELETE_DATABASE", {"type": "DELETE_DATABASE", "database": name}
-            )
+            work = {"type": "DELETE_DATABASE", "database": name}
+            return self._start_op(pid, req["instance"], "DELETE_DATABASE", work, f"/databases/{name}")
 
     # --- users ----------------------------------------------------------------------------------------
 
-    def _user(self, instance: dict[str, Any], name: str) -> dict[str, Any]:
+    def _user(self, instance: dict[str, Any], name: str, record: dict[str, Any]) -> dict[str, Any]:
+        # recorded: tests/golden/recordings/sql-user-full.log (etag, iamStatus, passwordPolicy with its status;
+        # no type for built-in users)
+        policy = copy.deepcopy(record.get("passwordPolicy", {}))
+        status: dict[str, Any] = {}
+        duration = policy.get("passwordExpirationDuration")
+        if duration and record.get("passwordSetAt"):
+            seconds = float(str(duration).rstrip("s") or 0)
+            expires = datetime.fromtimestamp(record["passwordSetAt"] + seconds, UTC)
+            status["passwordExpirationTime"] = expires.isoformat(timespec="seconds").replace("+00:00", "Z")
+        policy["status"] = status
         return {
             "kind": "sql#user",
+            "etag": hashlib.sha256(f"{instance['etag']}/{name}/{record}".encode()).hexdigest()[:16],
             "name": name,
-            "host": "",
+            "host": record.get("host", "") if _is_mysql(instance) else "",
             "instance": instance["name"],
             "project": instance["project"],
-            "type": "BUILT_IN",
+            "iamStatus": "IAM_STATUS_UNSPECIFIED",
+            "passwordPolicy": policy,
         }
 
-    def _role_names(self, server: PostgresServer, name: str | None = None) -> list[str]:
-        query = "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> ALL(%s)"
-        params: tuple[Any, ...] = (list(INTERNAL_ROLES),)
-        if name is not None:
-            query += " AND rolname = %s"
-            params += (name,)
-        return [r[0] for r in self._query(server, query + " ORDER BY rolname", params)]
+    def _users(
+        self, instance: dict[str, Any], server: PostgresServer | None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        records = self._catalog(instance)["users"]
+        if server is None:
+            names = sorted(records) if name is None else [name] if name in records else []
+        else:
+            query = "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> ALL(%s)"
+            params: tuple[Any, ...] = (list(INTERNAL_ROLES),)
+            if name is not None:
+                query += " AND rolname = %s"
+                params += (name,)
+            names = [r[0] for r in self._query(server, query + " ORDER BY rolname", params)]
+        return [self._user(instance, n, records.get(n, {})) for n in names]
 
     @staticmethod
-    def _check_user_body(body: dict[str, Any]) -> str:
+    def _check_user_body(body: dict[str, Any], mysql: bool) -> str | None:
         user_type = body.get("type", "BUILT_IN")
         if user_type != "BUILT_IN":
             raise _not_emulated(f"Users of type {user_type}")
         password = body.get("password")
-        if not password:
+        if not password and not mysql:
             raise _invalid("Missing user password for PostgreSQL instance.")
         return password
+
+    @staticmethod
+    def _user_fields(body: dict[str, Any], password: str | None) -> dict[str, Any]:
+        """What the emulator keeps of a user besides its role: never the password."""
+        fields: dict[str, Any] = {}
+        if "passwordPolicy" in body:
+            fields["passwordPolicy"] = copy.deepcopy(body["passwordPolicy"])
+        if password:
+            fields["passwordSetAt"] = time.time()
+        if body.get("host"):
+            fields["host"] = body["host"]
+        return fields
 
     @route("POST", "/v1/projects/{project}/instances/{instance}/users", name="users.insert")
     def insert_user(self, req: ApiRequest) -> dict[str, Any]:
@@ -873,22 +1189,28 @@ class SqlAdminApi(ApiModule):
         validate_discovery(body, "sqladmin", "v1", "User")
         pid = self._project(req)["projectId"]
         name = _role_or_database_name(body, "user")
-        password = self._check_user_body(body)
         with self._lock:
-            _, server = self._running(pid, req["instance"])
+            instance, server = self._running(pid, req["instance"])
+            password = self._check_user_body(body, server is None)
             self._check_idle(pid, req["instance"])
-            if name.startswith("pg_"):
+            if server is not None and name.startswith("pg_"):
                 raise _invalid(f'failed to create user {name}. Detail: pq: role name "{name}" is reserved.')
-            if self._query(server, "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)):
+            if self._users(instance, server, name):
                 raise _invalid(f'failed to create user {name}. Detail: pq: role "{name}" already exists.')
-            work = {"type": "CREATE_USER", "user": name, "verifier": scram_verifier(password)}
+            work = {"type": "CREATE_USER", "user": name, "fields": self._user_fields(body, password)}
+            if server is not None:
+                work["verifier"] = scram_verifier(password or "")
             return self._start_op(pid, req["instance"], "CREATE_USER", work)
 
     @route("GET", "/v1/projects/{project}/instances/{instance}/users", name="users.list")
     def list_users(self, req: ApiRequest) -> dict[str, Any]:
         pid = self._project(req)["projectId"]
         instance, server = self._running(pid, req["instance"])
-        return {"kind": "sql#usersList", "items": [self._user(instance, n) for n in self._role_names(server)]}
+        out: dict[str, Any] = {"kind": "sql#usersList"}
+        # recorded: tests/golden/recordings/sql-user.log (no items when there are none)
+        if items := self._users(instance, server):
+            out["items"] = items
+        return out
 
     def _user_missing(self, name: str) -> GcpError:
         return GcpError(404, f"The user {name} does not exist.", "NOT_FOUND", reason="notFound")
@@ -897,9 +1219,10 @@ class SqlAdminApi(ApiModule):
     def get_user(self, req: ApiRequest) -> dict[str, Any]:
         pid = self._project(req)["projectId"]
         instance, server = self._running(pid, req["instance"])
-        if not self._role_names(server, req["name"]):
+        found = self._users(instance, server, req["name"])
+        if not found:
             raise self._user_missing(req["name"])
-        return self._user(instance, req["name"])
+        return found[0]
 
     @staticmethod
     def _user_name_param(req: ApiRequest) -> str:
@@ -917,13 +1240,16 @@ class SqlAdminApi(ApiModule):
         for param in ("databaseRoles", "revokeExistingRoles", "serverRoles", "revokeExistingServerRoles"):
             if param in req.args:
                 raise _not_emulated(f"users.update {param}")
-        password = self._check_user_body(body)
         with self._lock:
-            _, server = self._running(pid, req["instance"])
+            instance, server = self._running(pid, req["instance"])
+            password = self._check_user_body(body, server is None)
             self._check_idle(pid, req["instance"])
-            if not self._role_names(server, name):
+            if not self._users(instance, server, name):
                 raise self._user_missing(name)
-            work = {"type": "UPDATE_USER", "user": name, "verifier": scram_verifier(password)}
+            fields = self._user_fields({k: v for k, v in body.items() if k != "host"}, password)
+            work = {"type": "UPDATE_USER", "user": name, "fields": fields}
+            if server is not None:
+                work["verifier"] = scram_verifier(password or "")
             return self._start_op(pid, req["instance"], "UPDATE_USER", work)
 
     @route("DELETE", "/v1/projects/{project}/instances/{instance}/users", name="users.delete")
@@ -931,20 +1257,21 @@ class SqlAdminApi(ApiModule):
         pid = self._project(req)["projectId"]
         name = self._user_name_param(req)
         with self._lock:
-            _, server = self._running(pid, req["instance"])
+            instance, server = self._running(pid, req["instance"])
             self._check_idle(pid, req["instance"])
-            if not self._role_names(server, name):
+            if not self._users(instance, server, name):
                 raise self._user_missing(name)
-            # Try the DROP in a transaction that is rolled back: a role owning objects is refused now, as on GCP.
-            try:
-                with server.connect() as conn, conn.transaction(force_rollback=True):
-                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-            except psycopg.OperationalError:
-                raise GcpError(
-                    503, "Service temporarily unavailable.", "UNAVAILABLE", reason="serverException"
-                ) from None
-            except psycopg.Error as exc:
-                raise _invalid(f"failed to delete user {name}. Detail: {_pg_detail(exc)}") from None
+            if server is not None:
+                # Try the DROP in a transaction that is rolled back: a role owning objects is refused now, as on GCP.
+                try:
+                    with server.connect() as conn, conn.transaction(force_rollback=True):
+                        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+                except psycopg.OperationalError:
+                    raise GcpError(
+                        503, "Service temporarily unavailable.", "UNAVAILABLE", reason="serverException"
+                    ) from None
+                except psycopg.Error as exc:
+                    raise _invalid(f"failed to delete user {name}. Detail: {_pg_detail(exc)}") from None
             return self._start_op(pid, req["instance"], "DELETE_USER", {"type": "DELETE_USER", "user": name})
 
     # --- operations -----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The real PostgreSQL server behind each emulated Cloud SQL instance.
 
 Each instance gets its own cluster (``initdb``) under ``<data>/sql/<project>/<instance>/pgdata`` and a
-``postgres`` process that listens only on a unix socket in ``<data>/cloudsql/<connection name>/``, as Cloud Run
-mounts ``/cloudsql/<connection name>``. Every role authenticates with ``scram-sha-256``; the emulator itself
+``postgres`` process that listens only on a unix socket in ``<data>/cloudsql/<hash of the connection name>/`` (short
+whatever the names, as a unix socket path holds 107 bytes); Cloud Run revisions see it as
+``/cloudsql/<connection name>`` through a link. Every role authenticates with ``scram-sha-256``; the emulator itself
 connects as the internal superuser ``cloudsqladmin`` (Cloud SQL has such a role too) with a random password kept
 in a 0600 file next to the cluster.
 
@@ -229,7 +230,7 @@ def check_socket_path(socket_dir: Path) -> None:
     if length > MAX_SOCKET_PATH:
         raise PostgresError(
             f"The instance's unix socket path {path} is {length} bytes; unix sockets allow at most "
-            f"{MAX_SOCKET_PATH}. Use a shorter instance name, project id or emulator data directory."
+            f"{MAX_SOCKET_PATH}. Use a shorter emulator data directory."
         )
 
 

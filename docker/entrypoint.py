@@ -725,10 +725,20 @@ def upgrade_tracking_db(url: str) -> None:
 
 
 def bootstrap_auth_db() -> None:
-    """What the basic-auth app does on start (migrate the auth schema, create the admin if missing)."""
-    from mlflow.server.auth import bootstrap_admin_user
+    """What the basic-auth app does on start (migrate the auth schema, create the admin if missing), then make the
+    admin match the pinned secrets: MLflow creates the admin only once, so an auth database kept across
+    `down`/`up` (or restored) would otherwise still hold an older password, and the credentials `mlflow-gcp env`
+    hands out would get 401."""
+    from mlflow.server.auth import auth_config, bootstrap_admin_user, store
 
     bootstrap_admin_user()
+    name, password = auth_config.admin_username, auth_config.admin_password
+    if not store.authenticate_user(name, password):
+        store.update_user(name, password=password)
+        log(f"the admin {name}'s password was reset to the pinned secret")
+    if not store.get_user(name).is_admin:
+        store.update_user(name, is_admin=True)
+        log(f"{name} made an admin again")
 
 
 def hypercorn_command(host: str, port: int, workers: int, app: str, is_factory: bool) -> list[str]:

@@ -73,7 +73,6 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _NAME = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 _MEMORY = re.compile(r"^\d+(Mi|Gi)$")
 _MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
-_CUSTOM_TIER = re.compile(r"^db-custom-(\d+)-(\d+)$")
 
 
 class _Section(BaseModel):
@@ -319,16 +318,6 @@ def check(config: Config) -> list[tuple[str, str]]:
 
 def check_tier(tier: str) -> str | None:
     """Tiers Cloud SQL accepts for PostgreSQL in the ENTERPRISE edition (which mlflow-gcp sets explicitly)."""
-    if tier in ("db-f1-micro", "db-g1-small"):
-        return None
-    m = _CUSTOM_TIER.match(tier)
-    if not m:
-        return f"{tier!r} is not a Cloud SQL tier: use db-f1-micro, db-g1-small or db-custom-<vCPUs>-<MB>"
-    cpus, mb = int(m.group(1)), int(m.group(2))
-    if cpus != 1 and (cpus % 2 or cpus > 96):
-        return f"{tier!r}: vCPUs must be 1 or an even number up to 96"
-    if mb % 256:
-        return f"{tier!r}: memory must be a multiple of 256 MB"
-    if not (max(3840, 921.6 * cpus) <= mb <= 6656 * cpus):
-        return f"{tier!r}: memory must be 0.9 to 6.5 GB per vCPU and at least 3840 MB"
-    return None
+    from .tiers import tier_problem
+
+    return tier_problem(tier, "ENTERPRISE")

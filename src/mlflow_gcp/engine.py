@@ -1,7 +1,7 @@
 """The engine: runs resource steps by their declared dependencies, independent ones concurrently, and says
 what happened to each as one record (the progress view, the summary, ``--json`` and the tests all read it).
 
-A resource module has one small surface (see :class:`Resource`): ``find`` (only NOT_FOUND means absent),
+A resource module has one small surface (see :class:`Step`): ``find`` (only NOT_FOUND means absent),
 ``diff`` (only the fields we own), ``create`` / ``update`` / ``delete``. Dry runs call ``find`` and ``diff``
 and nothing else.
 """
@@ -16,8 +16,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from . import fields
+
 if TYPE_CHECKING:
     from .context import Context
+    from .fields import Owned
 
 Action = Literal[
     "created", "updated", "unchanged", "deleted", "absent", "kept",
@@ -32,6 +35,9 @@ class Change:
     field: str
     current: Any
     desired: Any
+    #: Set when the field cannot change in place (see fields.py, mode "refuse"): `up` stops with it.
+    refusal: str = field(default="", compare=False)
+    hint: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.field}: {self.current!r} -> {self.desired!r}"
@@ -59,8 +65,9 @@ class Outcome:
         }
 
 
-class Resource(ABC):
-    """One GCP resource mlflow-gcp owns."""
+class Step(ABC):
+    """One GCP resource (or part of one) the stack sets: a :class:`Resource` mlflow-gcp creates, or a
+    :class:`Standing` one that exists without it."""
 
     key: ClassVar[str]
     kind: ClassVar[str]
@@ -83,18 +90,18 @@ class Resource(ABC):
     def find(self) -> Any | None:
         """The live resource, or None if (and only if) GCP says NOT_FOUND."""
 
+    def owned_fields(self) -> list[Owned]:
+        """The fields this resource sets, declared once (fields.py): create, diff and update derive from them."""
+        return []
+
     def diff(self, actual: Any) -> list[Change]:
         """Fields we own that differ between ``actual`` and what they should be."""
-        return []
+        return fields.changes(self.owned_fields(), actual)
 
     def settle(self, actual: Any) -> Any | None:
         """Wait until a found resource is usable (e.g. still being created by a run that died); return it, or
         None if it went away meanwhile (a deletion a killed `down` started)."""
         return actual
-
-    @abstractmethod
-    def create(self) -> Any:
-        """Create it; return the live resource."""
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
         """Make the owned fields right; return the live resource."""
@@ -113,14 +120,29 @@ class Resource(ABC):
         return {"id": self.id()}
 
 
+class Resource(Step):
+    """A GCP resource mlflow-gcp creates (and, unless it holds data or is shared, deletes)."""
+
+    @abstractmethod
+    def create(self) -> Any:
+        """Create it; return the live resource."""
+
+
+class Standing(Step):
+    """Something that exists without mlflow-gcp, whose fields it sets: a project's enabled APIs, the IAM policy of
+    a project, secret, bucket or service. It is never created; when it is not there, ``absent`` says why."""
+
+    absent: ClassVar[str] = "it comes with its project"
+
+
 class Reporter:
     """Receives progress events; the CLI's terminal view implements it."""
 
-    def started(self, resource: Resource, verb: str) -> None: ...
+    def started(self, resource: Step, verb: str) -> None: ...
 
     def finished(self, outcome: Outcome) -> None: ...
 
-    def failed(self, resource: Resource, error: BaseException) -> None: ...
+    def failed(self, resource: Step, error: BaseException) -> None: ...
 
 
 class StepFailed(Exception):
@@ -130,14 +152,14 @@ class StepFailed(Exception):
         self.outcomes = outcomes
 
 
-def order(resources: Sequence[Resource]) -> list[Resource]:
+def order(resources: Sequence[Step]) -> list[Step]:
     """Topological order (stable), refusing unknown or cyclic dependencies."""
     by_key = {r.key: r for r in resources}
-    done: list[Resource] = []
+    done: list[Step] = []
     seen: set[str] = set()
     visiting: set[str] = set()
 
-    def visit(r: Resource) -> None:
+    def visit(r: Step) -> None:
         if r.key in seen:
             return
         if r.key in visiting:
@@ -165,10 +187,10 @@ class Engine:
 
     # --- up ---------------------------------------------------------------------------------------------
 
-    def apply(self, resources: Sequence[Resource], *, dry_run: bool = False) -> list[Outcome]:
+    def apply(self, resources: Sequence[Step], *, dry_run: bool = False) -> list[Outcome]:
         return self._run(order(resources), lambda r: self._converge(r, dry_run), reverse=False)
 
-    def _converge(self, r: Resource, dry_run: bool) -> Outcome:
+    def _converge(self, r: Step, dry_run: bool) -> Outcome:
         started = time.monotonic()
         self.reporter.started(r, "checking")
         try:
@@ -188,6 +210,10 @@ class Engine:
             if dry_run:
                 self.ctx.publish(r.key, r.planned_facts())
                 return Outcome(r.key, r.kind, r.id(), "would create", seconds=time.monotonic() - started)
+            if not isinstance(r, Resource):
+                from .errors import MlflowGcpError
+
+                raise MlflowGcpError(f"{r.kind} {r.id()} is not there, and mlflow-gcp does not create it: {r.absent}.")
             self.reporter.started(r, "creating")
             actual = r.create()
             action: Action = "created"
@@ -199,6 +225,11 @@ class Engine:
             elif dry_run:
                 action = "would update"
             else:
+                refused = [c for c in changes if c.refusal]
+                if refused:
+                    from .errors import MlflowGcpError
+
+                    raise MlflowGcpError(refused[0].refusal, hint=refused[0].hint)
                 self.reporter.started(r, "updating")
                 actual = r.update(actual, changes)
                 action = "updated"
@@ -210,11 +241,11 @@ class Engine:
 
     # --- down -------------------------------------------------------------------------------------------
 
-    def destroy(self, resources: Sequence[Resource], *, delete_data: bool, dry_run: bool = False) -> list[Outcome]:
+    def destroy(self, resources: Sequence[Step], *, delete_data: bool, dry_run: bool = False) -> list[Outcome]:
         self._keys = {r.key for r in resources}
         return self._run(order(resources), lambda r: self._remove(r, delete_data, dry_run), reverse=True)
 
-    def _remove(self, r: Resource, delete_data: bool, dry_run: bool) -> Outcome:
+    def _remove(self, r: Step, delete_data: bool, dry_run: bool) -> Outcome:
         started = time.monotonic()
         if r.kept_on_down:
             return Outcome(r.key, r.kind, r.id(), "kept", reason=r.kept_on_down)
@@ -248,7 +279,7 @@ class Engine:
 
     # --- scheduling -------------------------------------------------------------------------------------
 
-    def _run(self, ordered: list[Resource], step: Callable[[Resource], Outcome], *, reverse: bool) -> list[Outcome]:
+    def _run(self, ordered: list[Step], step: Callable[[Step], Outcome], *, reverse: bool) -> list[Outcome]:
         """Run ``step`` on each resource once all it waits for are done: its dependencies (or, in reverse,
         its dependents). A failure skips what waits on it; independent steps go on."""
         keys = {r.key for r in ordered}

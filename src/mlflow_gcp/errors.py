@@ -21,7 +21,7 @@ class ExitCode(IntEnum):
     PROJECT = 5
     #: Another run holds the state lock.
     LOCKED = 6
-    #: `status`: something is missing, drifted, or the server does not serve.
+    #: `status`: something is missing, drifted, or the server does not serve; `up`: the server does not serve.
     UNHEALTHY = 7
     #: Google refused for lack of a permission or because of an organization policy.
     PERMISSION = 8

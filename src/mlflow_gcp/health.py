@@ -4,6 +4,7 @@ so an authenticated API call is made too, and an unauthenticated one must be ref
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass
@@ -22,20 +23,67 @@ class Health:
         return {**asdict(self), "ok": self.ok}
 
 
-def check(url: str, username: str, password: str, timeout: float = 20.0) -> Health:
+def check(url: str, username: str, password: str, timeout: float = 20.0, retry_deadline: float = 30.0) -> Health:
+    """Three requests, each through the retry policy (connection errors and 429/502/503/504, as a revision starting
+    or an instance restarting answers, retried with backoff), all within ``retry_deadline`` seconds in total: past
+    it, each request is made once and what it answers is reported."""
+    import time
+
     import requests
 
-    api = f"{url.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    from .retry import http_request
+
+    base = url.rstrip("/")
+    api = f"{base}/api/2.0/mlflow/experiments/search"
     params = {"max_results": 1}
+    until = time.monotonic() + retry_deadline
+
+    def get(target: str, **kwargs: Any) -> Any:
+        left = max(0.0, until - time.monotonic())
+        return http_request(lambda: requests.get(target, timeout=timeout, **kwargs), deadline=left)
+
     result = Health(url, None, None, None)
     try:
-        result.health = requests.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code
-        r = requests.get(api, params=params, auth=(username, password), timeout=timeout)
+        result.health = get(f"{base}/health").status_code
+        r = get(api, params=params, auth=(username, password))
         result.authenticated = r.status_code
         if r.status_code != 200:
             # The body names the failure (e.g. the driver's "password authentication failed for user ...").
             result.detail = r.text.strip().splitlines()[0][:300] if r.text.strip() else ""
-        result.unauthenticated = requests.get(api, params=params, timeout=timeout).status_code
+        result.unauthenticated = get(api, params=params).status_code
     except requests.RequestException as exc:
         result.detail = f"{type(exc).__name__}: {exc}"
     return result
+
+
+def serving(ctx: Any, url: str) -> Health:
+    """The probe with the credentials ``mlflow-gcp env`` hands out (the pinned secret versions): what `status`
+    reports and what `up` must see before it says done."""
+    from .resources.secrets import read_secret
+
+    return check(url, read_secret(ctx, "admin-username"), read_secret(ctx, "admin-password"))
+
+
+def require_serving(ctx: Any, url: str, what: str, timeout: float = 10.0) -> Health:
+    """``serving``, given a few seconds for a revision that just took traffic; an error naming what failed
+    otherwise. Only a server that answers the handed-out credentials is done."""
+    from .errors import ExitCode, MlflowGcpError
+    from .resources._common import wait_until
+
+    last: list[Health] = []
+
+    def probe() -> Health:
+        last[:] = [serving(ctx, url)]
+        return last[0]
+
+    try:
+        return wait_until("MLflow to serve", probe, lambda h: h.ok, timeout)
+    except MlflowGcpError:
+        health = last[0]
+        raise MlflowGcpError(
+            f"{what}, but MLflow does not serve with the credentials `mlflow-gcp env` gives: /health "
+            f"{health.health}, authenticated API {health.authenticated}, unauthenticated {health.unauthenticated}"
+            + (f" ({health.detail})" if health.detail else ""),
+            hint="`mlflow-gcp status` shows each resource; the server's log says why it refuses.",
+            exit_code=ExitCode.UNHEALTHY,
+        ) from None

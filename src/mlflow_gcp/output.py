@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .engine import Outcome, Reporter
 
 if TYPE_CHECKING:
-    from .engine import Resource
+    from .engine import Step
 
 _SYMBOL = {
     "created": "+", "updated": "~", "deleted": "-", "unchanged": "=", "absent": "·", "kept": "=",
@@ -84,7 +84,7 @@ class Terminal(Reporter):
 
     # --- engine events -----------------------------------------------------------------------------------
 
-    def started(self, resource: Resource, verb: str) -> None:
+    def started(self, resource: Step, verb: str) -> None:
         if self._live is not None:
             self._set(resource.key, "…", "cyan", f"{verb} {resource.kind}")
         elif verb != "checking":
@@ -105,7 +105,7 @@ class Terminal(Reporter):
         for change in outcome.changes if self.verbosity >= 0 and outcome.action.startswith("would") else []:
             self.line(f"      {change}")
 
-    def failed(self, resource: Resource, error: BaseException) -> None:
+    def failed(self, resource: Step, error: BaseException) -> None:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if self._live is not None:
             self._set(resource.key, "!", "bold red", f"failed: {message}")

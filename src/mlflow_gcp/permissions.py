@@ -52,13 +52,16 @@ _PERMISSION_IN_TEXT = re.compile(
 
 def denied_permission(exc: BaseException) -> str | None:
     """The permission a 403 names, from its ErrorInfo or its message."""
+    from .retry import error_infos
+
     metadata = getattr(exc, "metadata", None)  # google.api_core: the ErrorInfo's metadata
     if isinstance(metadata, dict) and metadata.get("permission"):
         return str(metadata["permission"])
-    for detail in getattr(exc, "error_details", None) or []:  # googleapiclient: the parsed details
-        metadata = detail.get("metadata") if isinstance(detail, dict) else None
-        if isinstance(metadata, dict) and metadata.get("permission"):
-            return str(metadata["permission"])
+    # An ErrorInfo from either client family, whichever envelope its API uses (see retry.error_infos); the legacy
+    # envelopes (Cloud SQL, Cloud Storage) have none, and name the permission in the message if at all.
+    for info in error_infos(exc):
+        if info["metadata"].get("permission"):
+            return str(info["metadata"]["permission"])
     text = str(getattr(exc, "message", None) or getattr(exc, "reason", None) or exc)
     match = _PERMISSION_IN_TEXT.search(text)
     return next((g for g in match.groups() if g), None) if match else None

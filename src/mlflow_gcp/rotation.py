@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ExitCode, MlflowGcpError
 
 if TYPE_CHECKING:
     from .context import Context
+    from .resources.run import Credentials
+    from .resources.secrets import Secret
+    from .state import State
 
 Credential = Literal["db", "admin"]
 
@@ -49,8 +52,8 @@ STEPS: dict[str, tuple[str, ...]] = {
 }
 SECRET: dict[str, str] = {"db": "db-password", "admin": "admin-password"}
 LABEL: dict[str, str] = {"db": "database password", "admin": "MLflow admin password"}
-#: Facts a rotation overrides for the revision it deploys.
-_OVERRIDABLE = ("sql:user", "secret:db-password", "secret:admin-password")
+#: MLflow's answers worth retrying: the server (or Cloud Run's front end) failing for a moment.
+_SERVER_ERRORS = frozenset(range(500, 600))
 
 
 class RotationFailed(MlflowGcpError):
@@ -59,6 +62,21 @@ class RotationFailed(MlflowGcpError):
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def refuse_if_in_progress(state: State, *, resuming: Credential | None = None) -> None:
+    """The one guard for commands that would conflict with an unfinished rotation: `up` (it would deploy the
+    recorded credentials over half a switch) and `rotate-password` of the other credential (one at a time;
+    ``resuming`` is the one it may go on with). `down` is not refused: removing the stack must always be possible,
+    and a rotation whose service went away is dropped when run again (see ``Rotation._abandon_if_service_gone``)."""
+    rot = state.data.get("rotation")
+    if rot is None or rot["credential"] == resuming:
+        return
+    flag = " --admin" if rot["credential"] == "admin" else ""
+    raise MlflowGcpError(
+        f"A rotation of the {LABEL[rot['credential']]} is in progress (step {rot['phase']}).",
+        hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
+    )
 
 
 class Rotation:
@@ -86,10 +104,9 @@ class Rotation:
         """The steps as sentences, the one a re-run resumes at marked; no API call."""
         from .resources.sql import active_db_user
 
+        refuse_if_in_progress(self.ctx.state, resuming=self.credential)
         n = self.ctx.names
         rot = self.current
-        if rot is not None and rot["credential"] != self.credential:
-            raise self._other_in_progress(rot)
         secret_id = n.secrets[self.secret]
         if self.credential == "db":
             old = rot["from_user"] if rot else active_db_user(self.ctx)
@@ -127,19 +144,11 @@ class Rotation:
             lines.append(f"  {i + 1}. {text}" + (f"  [{mark}]" if mark else ""))
         return lines
 
-    def _other_in_progress(self, rot: dict[str, Any]) -> MlflowGcpError:
-        flag = " --admin" if rot["credential"] == "admin" else ""
-        return MlflowGcpError(
-            f"A rotation of the {LABEL[rot['credential']]} is in progress (step {rot['phase']}).",
-            hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
-        )
-
     # --- running it ---------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        refuse_if_in_progress(self.ctx.state, resuming=self.credential)
         rot = self.current
-        if rot is not None and rot["credential"] != self.credential:
-            raise self._other_in_progress(rot)
         if rot is None:
             rot = self._begin()
         else:
@@ -213,12 +222,10 @@ class Rotation:
         new = rot.get("new_version")
         if new is None:
             # A run that died right after adding a version left it enabled and unrecorded: use it.
-            newer = [
-                v
-                for v, st in self._versions()
-                if st == SecretVersion.State.ENABLED and int(v) > int(rot["old_version"])
-            ]
-            new = max(newer, key=int) if newer else self._add(generate(self.secret))
+            secret = self._secret()
+            enabled = SecretVersion.State.ENABLED
+            newer = [v for v, st in secret.versions() if st == enabled and int(v) > int(rot["old_version"])]
+            new = max(newer, key=int) if newer else secret.add_version(generate(self.secret))
             self.say(f"Secret {self.ctx.names.secrets[self.secret]}: version {new} holds the new password.")
         nxt = "set-password" if self.credential == "db" else "change-password"
         return self._save({**rot, "new_version": new}, nxt)
@@ -226,9 +233,9 @@ class Rotation:
     # --- step (db): the inactive role gets the new password -----------------------------------------------
 
     def _set_password(self, rot: dict[str, Any]) -> dict[str, Any]:
-        from .resources.sql import set_user_password
+        from .resources.sql import StandbyUser
 
-        set_user_password(self.ctx, rot["to_user"], self._access(self.secret, rot["new_version"]))
+        StandbyUser(self.ctx, rot["to_user"]).set_password(self._secret().access(rot["new_version"]))
         return self._save(rot, "deploy")
 
     # --- step (admin): MLflow's user API ------------------------------------------------------------------
@@ -238,11 +245,11 @@ class Rotation:
 
         url = self._url()
         username = self._admin_username()
-        new = self._access(self.secret, rot["new_version"])
+        new = self._secret().access(rot["new_version"])
         if self._mlflow_accepts(url, username, new):
             self.say("MLflow already accepts the new admin password (changed by an earlier run).")
         else:
-            old = self._access(self.secret, rot["old_version"])
+            old = self._secret().access(rot["old_version"])
             body = {"username": username, "password": new, "current_password": old}
             response = self._http(
                 lambda: requests.patch(
@@ -270,40 +277,28 @@ class Rotation:
         return response.status_code == 200
 
     @staticmethod
-    def _http(call: Callable[[], Any], attempts: int = 5) -> Any:
-        """One HTTP call to the server, retried while it cannot be reached or answers 5xx."""
-        import requests
+    def _http(call: Callable[[], Any]) -> Any:
+        """One HTTP call to the server through the retry policy: retried while it cannot be reached or answers
+        5xx (a revision starting, an instance restarting), with the same backoff as every Google call, for at most
+        a minute; then its last answer."""
+        from .retry import http_request
 
-        delay = 1.0
-        for attempt in range(attempts):
-            try:
-                response = call()
-                if response.status_code < 500 or attempt == attempts - 1:
-                    return response
-            except requests.RequestException:
-                if attempt == attempts - 1:
-                    raise
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+        return http_request(call, deadline=60.0, statuses=_SERVER_ERRORS)
 
     # --- step: the new revision ---------------------------------------------------------------------------
 
-    def _overrides(self, rot: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        if self.credential == "db":
-            return {
-                "sql:user": {"user": rot["to_user"], "password_version": rot["new_version"]},
-                "secret:db-password": {"version": rot["new_version"]},
-            }
-        return {"secret:admin-password": {"version": rot["new_version"]}}
+    def _credentials(self, rot: dict[str, Any]) -> Credentials:
+        """What the server logs in with once the rotation is through: the recorded credentials, the rotated one
+        replaced."""
+        from .resources.run import Credentials
 
-    def _publish(self, overrides: dict[str, dict[str, Any]]) -> None:
-        """Make the Service resource see these facts (and the recorded ones for everything else)."""
-        for key in _OVERRIDABLE:
-            self.ctx.publish(key, {**(self.ctx.state.get(key) or {}), **overrides.get(key, {})})
+        recorded = Credentials.current(self.ctx)
+        if self.credential == "db":
+            return replace(recorded, db_user=rot["to_user"], db_password_version=rot["new_version"])
+        return replace(recorded, admin_password_version=rot["new_version"])
 
     def _deploy(self, rot: dict[str, Any]) -> dict[str, Any]:
-        failure = self._roll_out(self._overrides(rot))
+        failure = self._roll_out(self._credentials(rot))
         if failure:
             # Nothing old was retired: the old revision serves with the old credentials, which still work.
             back = "set-password" if self.credential == "db" else "deploy"
@@ -317,7 +312,7 @@ class Rotation:
         if not health.ok:
             if self.credential == "db":
                 self.say("MLflow does not serve with the new database user: rolling back to the current one.")
-                self._roll_out({})
+                self._roll_out(None)
                 self._save(rot, "set-password")
             raise RotationFailed(
                 f"MLflow does not serve after the new revision took traffic ({health.detail or health.as_dict()}); "
@@ -326,15 +321,14 @@ class Rotation:
             )
         return self._save(rot, "commit")
 
-    def _roll_out(self, overrides: dict[str, dict[str, Any]]) -> str:
-        """Deploy the service as `up` would with these facts and wait until the new revision serves all traffic.
-        Returns why it failed ("" when it serves)."""
+    def _roll_out(self, credentials: Credentials | None) -> str:
+        """Deploy the service as `up` would with these credentials (None: the recorded ones) and wait until the new
+        revision serves all traffic. Returns why it failed ("" when it serves)."""
         from google.api_core import exceptions
 
-        from .resources.run import Service
+        from .resources.run import Service, serving_revisions
 
-        self._publish(overrides)
-        svc = Service(self.ctx)
+        svc = Service(self.ctx, credentials)
         live = self._settled(svc)
         changes = svc.diff(live)
         try:
@@ -353,7 +347,7 @@ class Rotation:
         created = live.latest_created_revision.rsplit("/", 1)[-1]
         if live.latest_ready_revision != live.latest_created_revision:
             return f"revision {created} is not ready."
-        serving = {t.revision for t in live.traffic_statuses if t.percent > 0}
+        serving = serving_revisions(live)  # a LATEST target names no revision on real GCP
         if serving != {created}:
             return f"traffic is on {sorted(serving)}, not on {created}."
         self.say(f"Revision {created} serves all traffic.")
@@ -371,39 +365,30 @@ class Rotation:
     def _health(self, rot: dict[str, Any]) -> Any:
         from .health import check
 
-        password = (
-            self._access(self.secret, rot["new_version"])
-            if self.credential == "admin"
-            else self._access("admin-password", self.ctx.fact("secret:admin-password", "version"))
+        version = (
+            rot["new_version"] if self.credential == "admin" else self.ctx.fact("secret:admin-password", "version")
         )
-        return check(self._url(), self._admin_username(), password)
+        return check(self._url(), self._admin_username(), self._secret("admin-password").access(version))
 
     # --- step: record the new credential ------------------------------------------------------------------
 
     def _commit(self, rot: dict[str, Any]) -> dict[str, Any]:
         from .resources.run import Service
+        from .resources.sql import User
 
-        overrides = self._overrides(rot)
-        self._publish(overrides)
-        n = self.ctx.names
-        svc = Service(self.ctx)
+        credentials = self._credentials(rot)
+        secret = self._secret()
+        # The facts each resource records, as `up` would record them for these credentials.
+        records: dict[str, dict[str, Any]] = {secret.key: secret.facts({"version": rot["new_version"]})}
+        svc = Service(self.ctx, credentials)
         live = svc.find()
-        records: dict[str, dict[str, Any]] = {
-            f"secret:{self.secret}": {
-                "id": f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
-                "version": rot["new_version"],
-            }
-        }
         if live is not None:
-            records["run"] = svc.facts(live)
+            records[svc.key] = svc.facts(live)
         values: dict[str, Any] = {}
         if self.credential == "db":
-            records["sql:user"] = {
-                "id": f"projects/{n.project}/instances/{n.instance}/users/{rot['to_user']}",
-                "user": rot["to_user"],
-                "password_version": rot["new_version"],
-            }
-            values["db_user"] = rot["to_user"]
+            user = User(self.ctx, credentials.db_user, credentials.db_password_version)
+            records[user.key] = user.facts(None)
+            values["db_user"] = user.user
             nxt = "retire-user"
         else:
             nxt = "retire-versions"
@@ -417,10 +402,10 @@ class Rotation:
     # --- step (db): the old role's password is retired ----------------------------------------------------
 
     def _retire_user(self, rot: dict[str, Any]) -> dict[str, Any]:
-        from .resources.sql import set_user_password
+        from .resources.sql import StandbyUser
 
         # A random password nobody keeps: the role stays (a member of the owner role, for the next rotation).
-        set_user_password(self.ctx, rot["from_user"], secrets.token_urlsafe(32))
+        StandbyUser(self.ctx, rot["from_user"]).set_password(secrets.token_urlsafe(32))
         self.say(f"Retired the password of {rot['from_user']}.")
         return self._save(rot, "retire-versions")
 
@@ -429,16 +414,12 @@ class Rotation:
     def _retire_versions(self, rot: dict[str, Any]) -> dict[str, Any]:
         from google.cloud.secretmanager_v1 import SecretVersion
 
-        sm = self.ctx.clients.secrets
+        secret = self._secret()
         keep = rot["new_version"]
-        versions = self._versions()
+        versions = secret.versions()
         for v, st in versions:
             if v != keep and st == SecretVersion.State.ENABLED:
-                self.ctx.api(
-                    f"secretmanager.versions.disable {self.ctx.names.secrets[self.secret]}/{v}",
-                    sm.disable_secret_version,
-                    name=self._version_path(self.secret, v),
-                )
+                secret.disable_version(v)
         # Destroying cannot be undone: only once the server is known to serve without the old versions.
         health = self._health(rot)
         if not health.ok:
@@ -450,14 +431,10 @@ class Rotation:
         destroyed = []
         for v, st in versions:
             if v != keep and st != SecretVersion.State.DESTROYED:
-                self.ctx.api(
-                    f"secretmanager.versions.destroy {self.ctx.names.secrets[self.secret]}/{v}",
-                    sm.destroy_secret_version,
-                    name=self._version_path(self.secret, v),
-                )
+                secret.destroy_version(v)
                 destroyed.append(v)
         if destroyed:
-            self.say(f"Destroyed versions {', '.join(destroyed)} of {self.ctx.names.secrets[self.secret]}.")
+            self.say(f"Destroyed versions {', '.join(destroyed)} of {secret.secret_id}.")
         done: dict[str, Any] = {"at": _now(), "version": keep}
         if self.credential == "db":
             done["user"] = rot["to_user"]
@@ -467,48 +444,14 @@ class Rotation:
 
     # --- Secret Manager and the server --------------------------------------------------------------------
 
-    def _version_path(self, which: str, version: str) -> str:
-        n = self.ctx.names
-        return f"projects/{n.project}/secrets/{n.secrets[which]}/versions/{version}"
+    def _secret(self, which: str | None = None) -> Secret:
+        """The resource of a secret (by default the rotated one): its versions are added, read and retired there."""
+        from .resources.secrets import resource
 
-    def _versions(self) -> list[tuple[str, Any]]:
-        n = self.ctx.names
-        sm = self.ctx.clients.secrets
-        listed = self.ctx.api(
-            f"secretmanager.versions.list {n.secrets[self.secret]}",
-            sm.list_secret_versions,
-            parent=f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
-        )
-        return [(v.name.rsplit("/", 1)[1], v.state) for v in listed]
-
-    def _add(self, value: str) -> str:
-        import google_crc32c
-
-        n = self.ctx.names
-        sm = self.ctx.clients.secrets
-        data = value.encode()
-        version = self.ctx.api(
-            f"secretmanager.secrets.addVersion {n.secrets[self.secret]}",
-            sm.add_secret_version,
-            request={
-                "parent": f"projects/{n.project}/secrets/{n.secrets[self.secret]}",
-                "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
-            },
-        )
-        return version.name.rsplit("/", 1)[1]
-
-    def _access(self, which: str, version: str) -> str:
-        """A secret's value at an explicit version, always from Secret Manager."""
-        sm = self.ctx.clients.secrets
-        response = self.ctx.api(
-            f"secretmanager.versions.access {self.ctx.names.secrets[which]}/{version}",
-            sm.access_secret_version,
-            name=self._version_path(which, str(version)),
-        )
-        return response.payload.data.decode()
+        return resource(self.ctx, which or self.secret)
 
     def _admin_username(self) -> str:
-        return self._access("admin-username", self.ctx.fact("secret:admin-username", "version") or "latest")
+        return self._secret("admin-username").access(self.ctx.fact("secret:admin-username", "version") or "latest")
 
     def _url(self) -> str:
         from .resources.run import recorded_url

@@ -8,13 +8,13 @@ from .resources import apis, bucket, client_key, iam, image, registry, run, secr
 
 if TYPE_CHECKING:
     from .context import Context
-    from .engine import Resource
+    from .engine import Step
 
 
-def resources(ctx: Context, *, removing: bool = False) -> list[Resource]:
+def resources(ctx: Context, *, removing: bool = False) -> list[Step]:
     """The steps of the stack. Opt-in parts are included when configured, and always when removing (so `down` finds
     them even after the option was turned off)."""
-    classes: list[type[Resource]] = [
+    classes: list[type[Step]] = [
         apis.EnabledApis,
         registry.Repository,
         image.ServerImage,

@@ -143,9 +143,13 @@ class LocalBackend(Backend):
 
 class GcsBackend(Backend):
     """State in a bucket; the lock is an object created with ``ifGenerationMatch=0`` (only one creator wins) and
-    deleted with ``ifGenerationMatch=<its generation>`` (never someone else's), as Terraform's GCS backend does."""
+    deleted with ``ifGenerationMatch=<its generation>`` (never someone else's), as Terraform's GCS backend does.
 
-    def __init__(self, storage_client: Any, url: str, key: str) -> None:
+    Every call goes through the retry policy (retry.py), with the storage library's own retries off so that one
+    policy, one backoff and one deadline govern. A retried create or delete may find its first attempt applied
+    (the answer was lost on the way back): the lock then already is ours, or already gone."""
+
+    def __init__(self, storage_client: Any, url: str, key: str, *, deadline: float = 300.0) -> None:
         bucket, _, prefix = url.removeprefix("gs://").partition("/")
         prefix = prefix.strip("/")
         self.url = url
@@ -153,7 +157,13 @@ class GcsBackend(Backend):
         base = f"{prefix}/{key}" if prefix else key
         self.blob_name = f"{base}.json"
         self.lock_name = f"{base}.lock"
+        self.deadline = deadline
         self._generation: int | None = None
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from . import retry
+
+        return retry.policy(self.deadline)(fn)(*args, retry=None, **kwargs)
 
     def describe(self) -> str:
         return f"gs://{self.bucket.name}/{self.blob_name}"
@@ -162,31 +172,58 @@ class GcsBackend(Backend):
         from google.api_core import exceptions
 
         try:
-            return json.loads(self.bucket.blob(self.blob_name).download_as_bytes())
+            data = self._call(self.bucket.blob(self.blob_name).download_as_bytes)
         except exceptions.NotFound:
             return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise ConfigError(f"State file {self.describe()} is corrupt: {exc}.") from None
 
     def write(self, data: dict[str, Any]) -> None:
-        self.bucket.blob(self.blob_name).upload_from_string(
-            json.dumps(data, indent=2, sort_keys=True), content_type="application/json"
+        # One whole object per write (GCS replaces objects atomically): a repeated attempt writes the same bytes.
+        self._call(
+            self.bucket.blob(self.blob_name).upload_from_string,
+            json.dumps(data, indent=2, sort_keys=True),
+            content_type="application/json",
         )
+
+    def _holder(self) -> tuple[dict[str, Any], int | None] | None:
+        """What the lock object says and its generation, or None when there is none."""
+        from google.api_core import exceptions
+
+        blob = self.bucket.blob(self.lock_name)
+        try:
+            data = self._call(blob.download_as_bytes)
+        except exceptions.NotFound:
+            return None
+        try:
+            holder = json.loads(data)
+        except ValueError:
+            holder = {}
+        return (holder if isinstance(holder, dict) else {}), blob.generation
 
     def acquire(self, owner: dict[str, Any]) -> None:
         from google.api_core import exceptions
 
         blob = self.bucket.blob(self.lock_name)
         try:
-            blob.upload_from_string(json.dumps(owner), content_type="application/json", if_generation_match=0)
+            self._call(
+                blob.upload_from_string, json.dumps(owner), content_type="application/json", if_generation_match=0
+            )
+            self._generation = blob.generation
+            return
         except exceptions.PreconditionFailed:
-            try:
-                holder = json.loads(self.bucket.blob(self.lock_name).download_as_bytes())
-            except exceptions.NotFound:
-                holder = {}
-            raise LockedError(
-                _describe_holder(holder, f"gs://{self.bucket.name}/{self.lock_name}"),
-                hint="Wait for it to finish. If that run died, remove the lock with --break-lock.",
-            ) from None
-        self._generation = blob.generation
+            found = self._holder()
+        holder, generation = found or ({}, None)
+        if found is not None and holder == json.loads(json.dumps(owner)) and generation is not None:
+            # Our own create, applied by an attempt whose answer was lost: the lock is ours.
+            self._generation = generation
+            return
+        raise LockedError(
+            _describe_holder(holder, f"gs://{self.bucket.name}/{self.lock_name}"),
+            hint="Wait for it to finish. If that run died, remove the lock with --break-lock.",
+        ) from None
 
     def release(self) -> None:
         from google.api_core import exceptions
@@ -194,20 +231,25 @@ class GcsBackend(Backend):
         if self._generation is None:
             return
         try:
-            self.bucket.blob(self.lock_name).delete(if_generation_match=self._generation)
+            self._call(self.bucket.blob(self.lock_name).delete, if_generation_match=self._generation)
         except (exceptions.NotFound, exceptions.PreconditionFailed):
-            pass  # broken by someone else; it is not ours to delete any more
+            pass  # gone already (our earlier attempt, or broken by someone else): not ours to delete any more
         self._generation = None
 
     def break_lock(self) -> dict[str, Any] | None:
         from google.api_core import exceptions
 
-        blob = self.bucket.blob(self.lock_name)
-        try:
-            holder = json.loads(blob.download_as_bytes())
-            blob.delete()
-        except exceptions.NotFound:
+        found = self._holder()
+        if found is None:
             return None
+        holder, generation = found
+        try:
+            # Only the lock that was read: one a new run took meanwhile is left alone.
+            self._call(self.bucket.blob(self.lock_name).delete, if_generation_match=generation)
+        except exceptions.NotFound:
+            pass  # deleted by an earlier attempt whose answer was lost
+        except exceptions.PreconditionFailed:
+            return None  # a new run took the lock meanwhile: it is live, not broken (acquiring names its holder)
         return holder
 
 

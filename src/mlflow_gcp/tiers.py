@@ -77,6 +77,27 @@ def memory_gib(tier: str) -> float | None:
     return None
 
 
+def tier_problem(tier: str, edition: str = "ENTERPRISE") -> str | None:
+    """Why Cloud SQL for PostgreSQL in ``edition`` refuses ``tier`` (a message naming the rule), or None. The one
+    tier check: the tool validates its configuration with it, the emulator its instances."""
+    if m := _CUSTOM.match(tier):
+        vcpus, mib = int(m.group(1)), int(m.group(2))
+        if vcpus < 1 or vcpus > 96 or (vcpus > 1 and vcpus % 2):
+            return f"{tier!r}: vCPUs must be 1 or an even number up to 96"
+        if mib % 256:
+            return f"{tier!r}: memory must be a multiple of 256 MB"
+        if not max(3840, 921.6 * vcpus) <= mib <= 6656 * vcpus:
+            return f"{tier!r}: memory must be 0.9 to 6.5 GB per vCPU and at least 3840 MB"
+    elif memory_gib(tier) is None:
+        return (
+            f"{tier!r} is not a Cloud SQL tier: use db-f1-micro, db-g1-small, db-custom-<vCPUs>-<MB> or "
+            "db-n1-standard-<vCPUs>"
+        )
+    if not tier_allowed(tier, edition):
+        return f"{tier!r} is not offered in Cloud SQL's {edition} edition"
+    return None
+
+
 def tier_allowed(tier: str, edition: str) -> bool:
     if memory_gib(tier) is None:
         return False

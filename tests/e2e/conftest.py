@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -82,3 +83,25 @@ def mutations_during(admin: EmulatorAdmin, action: Callable[[], Any]) -> list[di
     start = len(admin.requests())
     action()
     return [e for e in admin.requests(start) if e["mutating"]]
+
+
+def kill_after(cli: Cli, admin: EmulatorAdmin, k: int, *args: str) -> Result:
+    """Run the CLI and have the emulator SIGKILL it right after its k-th mutating request was applied; prove it
+    happened there: the process died by the signal, the emulator's log marks the kill on exactly the k-th
+    mutating request of this run, and nothing mutated after it."""
+    start = len(admin.requests())
+    proc = cli.popen(*args)
+    try:
+        # The CLI takes over a second to import and read before its first mutation; the rule is set well before.
+        admin.settings(kill_after_mutations=k, kill_pid=proc.pid, kill_signal=int(signal.SIGKILL))
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        admin.settings(kill_after_mutations=None, kill_pid=None)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"kill point {k}: not killed (exit {proc.returncode}):\n{stderr}"
+    mutating = [e for e in admin.requests(start) if e["mutating"]]
+    killed_at = [i for i, e in enumerate(mutating, 1) if e.get("kill") == "kill"]
+    assert killed_at == [k], f"kill point {k}: the kill came after mutating request(s) {killed_at}"
+    assert len(mutating) == k, f"kill point {k}: {len(mutating) - k} mutating request(s) after the kill"
+    return Result(proc.returncode, stdout, stderr)

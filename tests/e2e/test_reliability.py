@@ -20,7 +20,7 @@ import pytest
 
 from mlflow_gcp.errors import ExitCode
 from mlflow_gcp.state import LocalBackend, state_key
-from tests.e2e.conftest import Cli, make_cli
+from tests.e2e.conftest import REPO, Cli, kill_after, make_cli
 from tests.e2e.snapshot import snapshot
 
 FAULT_APIS = [
@@ -61,17 +61,6 @@ def baseline(emulator, tmp_path_factory) -> dict[str, Any]:
     return {"up": len(up_requests), "deploy": deploy, "down": down_mutations, "state": state, "empty": empty}
 
 
-def _kill_at(cli: Cli, admin, k: int, *args: str) -> int:
-    """Run the CLI and kill it right after its k-th mutating request was applied; answer its exit status."""
-    proc = cli.popen(*args)
-    admin.settings(kill_after_mutations=k, kill_pid=proc.pid, kill_signal=int(signal.SIGKILL))
-    try:
-        proc.communicate(timeout=600)
-    finally:
-        admin.settings(kill_after_mutations=None, kill_pid=None)
-    return proc.returncode
-
-
 def _every(n: int) -> list[int]:
     """Every kill point 1..n, or only those listed in MLFLOW_GCP_KILL_POINTS (e.g. "26,27") to re-run a few."""
     chosen = os.environ.get("MLFLOW_GCP_KILL_POINTS")
@@ -89,8 +78,7 @@ def _up_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, points:
     slowest = 0.0
     for k in points:
         cli = make_cli(emulator, tmp_path_factory.mktemp(f"kill{k}"))
-        code = _kill_at(cli, admin, k, "up")
-        assert code in (-signal.SIGKILL, 0), f"kill point {k}: exit {code}"
+        kill_after(cli, admin, k, "up")
         started = time.monotonic()
         cli("up", "--break-lock")
         slowest = max(slowest, time.monotonic() - started)
@@ -115,8 +103,7 @@ def _down_kill_sweep(baseline, emulator, admin, clients, tmp_path_factory, point
     for k in points:
         cli = make_cli(emulator, tmp_path_factory.mktemp(f"downkill{k}"))
         cli("up")
-        code = _kill_at(cli, admin, k, "down", "--delete-data", "--yes")
-        assert code in (-signal.SIGKILL, 0), f"kill point {k}: exit {code}"
+        kill_after(cli, admin, k, "down", "--delete-data", "--yes")
         started = time.monotonic()
         cli("down", "--delete-data", "--yes", "--break-lock")
         assert snapshot(clients, cli.project) == baseline["empty"], f"down kill point {k}"
@@ -162,6 +149,83 @@ def test_up_survives_transient_errors_and_eventual_consistency(baseline, emulato
 @pytest.mark.timeout(4 * 3600)
 def test_twenty_seeded_runs_with_faults(baseline, emulator, admin, clients, tmp_path_factory):
     _fault_runs(baseline, emulator, admin, clients, tmp_path_factory, list(range(1, 21)))
+
+
+def _gs(cli: Cli, state: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with its state at a gs:// URL (``Cli`` always passes a local directory)."""
+    import sys
+
+    argv = [sys.executable, "-m", "mlflow_gcp", *args, "--local", "--project", cli.project, "--state", state]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=cli.env, timeout=900, cwd=REPO)
+    cli.transcript += [proc.stdout, proc.stderr]
+    return proc
+
+
+def _gcs_state_fault_runs(baseline, emulator, admin, clients, tmp_path_factory, seeds: list[int]) -> None:
+    """20% faults on every Google API the emulator serves (the Docker Engine is not one), Cloud Storage included,
+    with the state and its lock kept in Cloud Storage: `up`, `status` and `down` all succeed under them."""
+    from mlflow_gcp.emulator.server import API_MODULES
+
+    apis = sorted(a for a in API_MODULES if a != "docker")
+    codes = [429, 500, 502, 503, 504]
+    for seed in seeds:
+        cli = make_cli(emulator, tmp_path_factory.mktemp(f"gcsfaults{seed}"))
+        # The state bucket lives in a project of its own, so the stack's project compares with the baseline.
+        holder = f"st-{cli.project}"
+        admin.add_project(holder)
+        bucket = clients.storage(holder).create_bucket(f"{holder}-state")
+        state = f"gs://{bucket.name}/mlflow-gcp"
+        faults = dict(
+            fault_rate=0.2, fault_codes=codes, fault_seed=seed, fault_apis=apis, fault_methods=[],
+            consistency=True, service_account_invisible_seconds=2, service_enable_seconds=2,
+            policy_conflict_rate=0.3,
+        )  # fmt: skip
+        calm = dict(fault_rate=0, consistency=False, policy_conflict_rate=0)
+        start = len(admin.requests())
+        started = time.monotonic()
+        try:
+            admin.settings(**faults)
+            up = _gs(cli, state, "up")
+            assert up.returncode == 0, f"seed {seed}: up exited {up.returncode}:\n{up.stderr}"
+            admin.settings(**calm)  # the test's own reads are not under test
+            assert snapshot(clients, cli.project) == baseline["state"], f"seed {seed}"
+            admin.settings(**{**faults, "fault_seed": seed + 1})
+            status = _gs(cli, state, "status")
+            assert status.returncode == 0, f"seed {seed}: status exited {status.returncode}:\n{status.stderr}"
+            down = _gs(cli, state, "down", "--delete-data", "--yes")
+            assert down.returncode == 0, f"seed {seed}: down exited {down.returncode}:\n{down.stderr}"
+        finally:
+            admin.settings(**calm)
+        log = admin.requests(start)
+        faulted = [e for e in log if e["status"] in codes and e["api"]]
+        hit = {e["api"] for e in faulted}
+        assert "storage" in hit and len(hit) >= 4, f"seed {seed}: faults hit only {sorted(hit)}"
+        on_state = [e for e in faulted if f"/b/{bucket.name}/o" in e["path"]]
+        assert on_state, f"seed {seed}: no fault hit the state or its lock"
+        assert snapshot(clients, cli.project) == baseline["empty"], f"seed {seed}"
+        left = sorted(b.name for b in bucket.list_blobs())
+        assert not [n for n in left if n.endswith(".lock")], f"seed {seed}: a lock was left: {left}"
+        assert "Traceback" not in "".join(cli.transcript)
+        print(
+            f"  seed {seed}: {len(faulted)} faults injected ({len(on_state)} on the state), converged in "
+            f"{time.monotonic() - started:.1f}s",
+            flush=True,
+        )
+    print(f"\nfault seeds {seeds} with the state in Cloud Storage all converged")
+
+
+def test_a_run_with_faults_on_every_api_and_the_state_in_gcs_converges(
+    baseline, emulator, admin, clients, tmp_path_factory
+):
+    _gcs_state_fault_runs(baseline, emulator, admin, clients, tmp_path_factory, [SEED % 1000])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_seeded_runs_with_faults_on_every_api_and_the_state_in_gcs(
+    baseline, emulator, admin, clients, tmp_path_factory
+):
+    _gcs_state_fault_runs(baseline, emulator, admin, clients, tmp_path_factory, list(range(1, 9)))
 
 
 # --- locks ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import requests
 
 from mlflow_gcp.emulator.server import Emulator
 from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
-from tests.e2e.conftest import Cli, make_cli, mutations_during
+from tests.e2e.conftest import Cli, kill_after, make_cli, mutations_during
 
 #: Mutating requests of an uninterrupted rotation (checked below): the DB rotation's secretmanager addVersion,
 #: sqladmin users.update (new user), run services.update, sqladmin users.update (old user retired),
@@ -338,16 +337,7 @@ def test_a_failed_revision_leaves_traffic_and_credentials_in_place(deployment: D
 
 def _killed_after(d: Deployment, admin: EmulatorAdmin, flags: list[str], k: int) -> None:
     """Run rotate-password and have the emulator SIGKILL it right after its k-th mutating request."""
-    proc = d.cli.popen("rotate-password", *flags)
-    try:
-        # The CLI takes over a second to import and read before its first mutation; the rule is set well before.
-        admin.settings(kill_after_mutations=k, kill_pid=proc.pid)
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        admin.settings(kill_after_mutations=None, kill_pid=None)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}):\n{stderr}\n{stdout}"
+    kill_after(d.cli, admin, k, "rotate-password", *flags)
     rotation = d.state().get("rotation")
     assert rotation is not None and rotation["credential"] == ("admin" if flags else "db")
 

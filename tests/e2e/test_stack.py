@@ -127,6 +127,16 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     assert clients.storage(cli.project).get_bucket(f"{cli.project}-mlflow-dev")
     with pytest.raises(exceptions.NotFound):
         run_api.get_service(name=f"projects/{cli.project}/locations/us-central1/services/mlflow-dev")
+    kept = {s.name.rsplit("/", 1)[1] for s in sm.list_secrets(parent=f"projects/{cli.project}")}
+    assert kept == {f"mlflow-dev-{s}" for s in ("db-password", "admin-username", "admin-password")}
+
+    # --- up after down: the kept data, read back with the credentials `env` hands out ----------------------
+    back = cli("up", "--json").json()
+    assert {o["resource"]: o["action"] for o in back["outcomes"]}["sql:instance"] == "unchanged"
+    client = mlflow_client(cli("env", "--json").json(), monkeypatch)
+    assert client.get_run(run.info.run_id).data.params == {"alpha": "0.5"}
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+
     for _ in range(2):
         cli("down", "--delete-data", "--yes")
     with pytest.raises(exceptions.NotFound):
@@ -134,3 +144,14 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     assert list(sm.list_secrets(parent=f"projects/{cli.project}")) == []
     instances = sql.instances().list(project=cli.project).execute().get("items", [])
     assert instances == []
+
+    # --- APIs on, data deleted: the plan sees everything absent (no permission error), changing nothing ------
+    # (the project's policy stays with the project: only the binding in it is to be made again)
+    plan: dict = {}
+    assert mutations_during(admin, lambda: plan.update(cli("up", "--dry-run", "--json").json())) == []
+    actions = {o["resource"]: o["action"] for o in plan["outcomes"] if o["resource"] != "apis"}
+    assert actions.pop("iam:project") == "would update" and set(actions.values()) == {"would create"}, actions
+    status = cli("status", "--json", check=False)
+    assert status.code == 7
+    states = {r["resource"]: r["state"] for r in status.json()["resources"] if r["resource"] != "apis"}
+    assert states.pop("iam:project") == "drifted" and set(states.values()) == {"missing"}, states

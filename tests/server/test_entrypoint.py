@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,7 +270,7 @@ def test_server_args_and_env_carry_no_secret(tmp_path):
 
 def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
     """The Dockerfile as the emulator's builder (and Docker) reads it: COPY'd files, exec-form ENTRYPOINT, pins."""
-    from mlflow_gcp.emulator.apis import imagebuild
+    from mlflow_gcp.emulator import imagebuild
 
     docker_dir = ENTRYPOINT.parent
     instructions = imagebuild.parse_dockerfile((docker_dir / "Dockerfile").read_text())
@@ -330,7 +331,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(emulator: Emulator) -> Stack:
+def stack(emulator: Emulator) -> Iterator[Stack]:
     """A project with a Cloud SQL instance (two databases, a user) and a bucket, made through the clients."""
     clients = Clients(emulator.base_url)
     project = f"srv-{uuid.uuid4().hex[:8]}"
@@ -349,18 +350,25 @@ def stack(emulator: Emulator) -> Stack:
     _wait_op(sql, project, sql.users().insert(project=project, instance="mlflow", body=user).execute())
     gcs = clients.storage(project)
     bucket = gcs.create_bucket(f"mlflow-{uuid.uuid4().hex[:12]}", location="us-central1")
+    # What Cloud Run's /cloudsql mount is for a revision (a short directory, as /cloudsql is, holding the
+    # connection name): a link to the instance's socket directory, as the emulated Cloud Run makes.
+    mount = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
+    (mount / instance["connectionName"]).symlink_to(
+        emulator.world.api("sqladmin").socket_dir(instance["connectionName"])
+    )
     st = Stack(
         emulator=emulator,
         project=project,
         connection_name=instance["connectionName"],
-        cloudsql_dir=emulator.world.api("sqladmin").socket_root,
+        cloudsql_dir=mount,
         bucket=bucket.name,
         sql=sql,
         gcs=gcs,
     )
     st.create_database("mlflow")
     st.create_database("mlflow_auth")
-    return st
+    yield st
+    shutil.rmtree(mount, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -412,14 +420,16 @@ class Server:
                 pass
         return out
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, auth: tuple[str, str] | None = None) -> None:
         """/health answers 200 (it does so before the database is touched, so also call an API)."""
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                r = requests.get(f"{self.url}/api/2.0/mlflow/experiments/search?max_results=1", auth=ADMIN, timeout=5)
+                r = requests.get(
+                    f"{self.url}/api/2.0/mlflow/experiments/search?max_results=1", auth=auth or ADMIN, timeout=5
+                )
                 if r.status_code == 200:
                     return
             except requests.ConnectionError:
@@ -773,12 +783,16 @@ def test_sigterm_finishes_in_flight_requests_and_a_restart_keeps_users(servers, 
     assert blob is not None and blob.size == 1 << 20
     assert not list(server.cwd.iterdir())  # no sqlite auth database next to the server
 
-    # The restarted server is told a different admin password: MLflow must keep the stored admin, not recreate it.
-    again = servers.start(**{ep.ENV_ADMIN_PASSWORD: "a-different-password-123"})
-    again.wait_ready()
+    # The restarted server is pinned to a different admin password (an auth database kept across `down`/`up`, or
+    # restored): the admin, kept with its id and grants, now answers to the pinned password, and only to it.
+    new_admin = (ADMIN_USER, "a-different-password-123")
+    again = servers.start(**{ep.ENV_ADMIN_PASSWORD: new_admin[1]})
+    again.wait_ready(auth=new_admin)
     url = f"{again.url}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(url, auth=("alice", "alice-password-123"), timeout=10).status_code == 200
-    assert requests.get(url, auth=(ADMIN_USER, "a-different-password-123"), timeout=10).status_code == 401
+    assert requests.get(url, auth=new_admin, timeout=10).status_code == 200
+    assert requests.get(url, auth=ADMIN, timeout=10).status_code == 401
+    assert "password was reset to the pinned secret" in again.log()
     with stack.connect("mlflow_auth") as conn:
         users = {r[0]: r[1] for r in conn.execute("SELECT username, is_admin FROM users").fetchall()}
     assert users == {ADMIN_USER: True, "alice": False}

@@ -73,7 +73,8 @@ def test_wrong_type_names_the_source(tmp_path):
     [
         ({"project": "My Project"}, "not a project ID"),
         ({"region": "us-central9"}, "did you mean 'us-central1'"),
-        ({"database.tier": "db-n1-standard-1"}, "not a Cloud SQL tier"),
+        ({"database.tier": "db-standard-1"}, "not a Cloud SQL tier"),
+        ({"database.tier": "db-perf-optimized-N-2"}, "not offered in Cloud SQL's ENTERPRISE edition"),
         ({"database.tier": "db-custom-3-7680"}, "even number"),
         ({"database.tier": "db-custom-1-1024"}, "0.9 to 6.5 GB"),
         ({"name": "MLflow"}, "lowercase"),

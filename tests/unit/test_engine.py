@@ -4,7 +4,6 @@ end to end against the emulator)."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ class World:
         self.lock = threading.Lock()
         self.active = 0
         self.max_active = 0
+        #: Steps made with ``meet=True`` wait here for each other: they pass only if the engine runs them at once.
+        self.barrier = threading.Barrier(2, timeout=10)
 
 
 class FakeContext:
@@ -32,7 +33,9 @@ class FakeContext:
         self.facts[key] = facts
 
 
-def make(key: str, deps: tuple[str, ...] = (), *, fail: bool = False, data: bool = False, size: int = 1):
+def make(
+    key: str, deps: tuple[str, ...] = (), *, fail: bool = False, data: bool = False, size: int = 1, meet: bool = False
+):
     class Thing(Resource):
         kind = "thing"
         depends_on = deps
@@ -52,7 +55,8 @@ def make(key: str, deps: tuple[str, ...] = (), *, fail: bool = False, data: bool
                 WORLD.active += 1
                 WORLD.max_active = max(WORLD.max_active, WORLD.active)
                 WORLD.calls.append(f"create {key}")
-            time.sleep(0.05)
+            if meet:
+                WORLD.barrier.wait()  # BrokenBarrierError after 10 s if the other step is not running meanwhile
             with WORLD.lock:
                 WORLD.active -= 1
             if fail:
@@ -88,7 +92,7 @@ def run(tmp_path, classes, **kw):
 
 
 def test_dependencies_first_and_independent_steps_concurrently(tmp_path):
-    classes = [make("a"), make("b"), make("c", ("a", "b")), make("d", ("c",))]
+    classes = [make("a", meet=True), make("b", meet=True), make("c", ("a", "b")), make("d", ("c",))]
     _, outcomes = run(tmp_path, classes)
     assert [o.action for o in outcomes] == ["created"] * 4
     calls = WORLD.calls
@@ -148,3 +152,26 @@ def test_order_refuses_cycles():
     a, b = make("a", ("b",)), make("b", ("a",))
     with pytest.raises(ValueError, match="cycle"):
         order([a(ctx), b(ctx)])  # type: ignore[arg-type]
+
+
+def test_a_standing_resource_is_never_created(tmp_path):
+    from mlflow_gcp.engine import Standing
+    from mlflow_gcp.errors import MlflowGcpError
+
+    class Policy(Standing):
+        key = "policy"
+        kind = "IAM policy"
+        absent = "it is the policy of the bucket, which is gone"
+
+        def id(self) -> str:
+            return "gs://b"
+
+        def find(self) -> Any:
+            return None
+
+    _, outcomes = run(tmp_path, [Policy], dry_run=True)
+    assert [o.action for o in outcomes] == ["would create"]
+    with pytest.raises(StepFailed) as err:
+        run(tmp_path, [Policy])
+    failure = err.value.failures["policy"]
+    assert isinstance(failure, MlflowGcpError) and "which is gone" in str(failure)

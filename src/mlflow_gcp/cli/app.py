@@ -172,6 +172,14 @@ def _describe_unexpected(exc: BaseException, step: str | None = None) -> tuple[s
             if err_code != ExitCode.FAILED:
                 code = err_code
         return "Some steps failed (run the command again to retry them):\n  " + "\n  ".join(lines), code
+    from google.api_core.exceptions import RetryError
+
+    if isinstance(exc, RetryError):
+        # The retry policy's deadline passed: what matters is the last answer it got.
+        if exc.cause is not None:
+            message, code = _describe_unexpected(exc.cause, step)
+            return f"{message}\n  (still failing when the retry deadline passed)", code
+        return f"Gave up retrying: {exc.message}", ExitCode.FAILED
     status = http_status(exc)
     if status == 403:
         return f"Google refused: {error_text(exc)}\n  hint: {permission_hint(exc, step)}", ExitCode.PERMISSION

@@ -10,7 +10,7 @@ import click
 from ..errors import ExitCode
 from .app import App, config_options, run_command
 
-_STATE = {"unchanged": "ok", "would create": "missing", "would update": "drifted"}
+_STATE = {"unchanged": "ok", "would create": "missing", "would update": "drifted", "skipped": "skipped"}
 
 
 @click.command()
@@ -22,8 +22,7 @@ def status(ctx: click.Context, **params: Any) -> None:
     """Report each resource as ok, missing or drifted (with the fields), the service URL, the pinned secret
     versions, and whether MLflow really serves. Exit code 0 only when all is well (7 otherwise)."""
     from ..engine import Engine, StepFailed
-    from ..health import check
-    from ..resources.secrets import read_secret
+    from ..health import serving
     from ..rotation import LABEL, last_rotated
     from ..stack import resources
 
@@ -40,7 +39,10 @@ def status(ctx: click.Context, **params: Any) -> None:
                 "id": o.id,
                 "state": _STATE.get(o.action, "error"),
                 "drifted_fields": [str(c) for c in o.changes],
-                "error": o.reason if o.action == "failed" else "",
+                # A skipped step says why (an earlier step it needs failed); a failed one shows its error.
+                "error": o.reason if o.action in ("failed", "skipped") else "",
+                # IAM members someone else granted in the roles a step manages: left alone, never drift.
+                "unmanaged": run_ctx.fact(o.key, "unmanaged", []) if o.action in ("unchanged", "would update") else [],
             }
             for o in outcomes
         ]
@@ -48,7 +50,7 @@ def status(ctx: click.Context, **params: Any) -> None:
         url = run_ctx.fact("run", "url") if service and service.action != "would create" else None
         health = None
         if url:
-            health = check(url, read_secret(run_ctx, "admin-username"), read_secret(run_ctx, "admin-password"))
+            health = serving(run_ctx, url)
         secrets = {
             key.split(":", 1)[1]: facts.get("version")
             for key, facts in run_ctx.state.resources.items()
@@ -71,6 +73,8 @@ def status(ctx: click.Context, **params: Any) -> None:
         for r in rows:
             extra = "; ".join(r["drifted_fields"]) or r["error"]
             click.echo(f"{r['state']:<8} {r['resource']:<{width}}  {r['id']}" + (f"  ({extra})" if extra else ""))
+            for member in r["unmanaged"]:
+                click.echo(f"{'':<8} {'':<{width}}  not managed by mlflow-gcp: {member}")
         click.echo(f"URL: {url or '-'}")
         if health:
             verdict = "serving" if health.ok else "NOT serving"

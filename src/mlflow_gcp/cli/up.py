@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from ..errors import MlflowGcpError
 from .app import App, config_options, run_command
 
 
@@ -26,6 +25,7 @@ def up(ctx: click.Context, **params: Any) -> None:
     """Create or repair the MLflow stack: APIs, registry, image, Cloud SQL, secrets, service account, bucket,
     IAM and the Cloud Run service. Running it again changes nothing that is already right."""
     from ..engine import Engine, StepFailed, summarize
+    from ..rotation import refuse_if_in_progress
     from ..stack import resources
 
     flags = {
@@ -38,14 +38,8 @@ def up(ctx: click.Context, **params: Any) -> None:
     dry_run = params["dry_run"]
     term = app.terminal
     with app.session("up", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
-        rotation = run_ctx.state.data.get("rotation")
-        if rotation and not dry_run:
-            # `up` would deploy the old credentials half-way through the switch: finish it first.
-            flag = " --admin" if rotation["credential"] == "admin" else ""
-            raise MlflowGcpError(
-                f"A password rotation is in progress (step {rotation['phase']}).",
-                hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
-            )
+        if not dry_run:
+            refuse_if_in_progress(run_ctx.state)
         what = "Planning" if dry_run else "Provisioning"
         term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
         with term:
@@ -58,6 +52,10 @@ def up(ctx: click.Context, **params: Any) -> None:
         from ..resources.run import recorded_url
 
         url = recorded_url(run_ctx.state)
+        if url and not dry_run:
+            from ..health import require_serving
+
+            require_serving(run_ctx, url, "The stack is provisioned")
     counts = summarize(outcomes)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
     term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")

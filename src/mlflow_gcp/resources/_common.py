@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ..engine import Change
 from ..retry import http_status
 
 
@@ -24,17 +23,26 @@ def get_or_none(ctx: Any, what: str, fn: Callable[..., Any], *args: Any, **kwarg
         raise
 
 
-def label_changes(current: Mapping[str, str] | None, desired: Mapping[str, str], field: str = "labels") -> list[Change]:
-    """Our labels must be present with our values; labels others added are left alone."""
-    current = dict(current or {})
-    if all(current.get(k) == v for k, v in desired.items()):
-        return []
-    return [Change(field, {k: current.get(k) for k in desired}, dict(desired))]
+def wait_until(what: str, poll: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
+    """Poll with google-api-core's exponential backoff until ``done(value)``; never give up silently: past
+    ``timeout`` it fails naming what it waited for and how long."""
+    import time
 
+    from google.api_core.retry import exponential_sleep_generator
 
-def merged_labels(current: Mapping[str, str] | None, desired: Mapping[str, str]) -> dict[str, str]:
-    return {**dict(current or {}), **desired}
+    from ..errors import MlflowGcpError
 
-
-def field_change(name: str, current: Any, desired: Any) -> list[Change]:
-    return [] if current == desired else [Change(name, current, desired)]
+    started = time.monotonic()
+    delays = exponential_sleep_generator(initial=0.5, maximum=10.0)
+    value = poll()
+    while not done(value):
+        delay = next(delays)
+        waited = time.monotonic() - started
+        if waited + delay > timeout:
+            raise MlflowGcpError(
+                f"Gave up waiting for {what} after {waited:.0f}s.",
+                hint="It may still finish: run the command again, it picks up where this one stopped.",
+            )
+        time.sleep(delay)
+        value = poll()
+    return value

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine import Change, Resource
+from ..engine import Change, Standing
+from ..fields import Owned
 from ..naming import SERVICES
 
 
-class EnabledApis(Resource):
+class EnabledApis(Standing):
     key = "apis"
     kind = "enabled APIs"
     kept_on_down = "other workloads in the project may use these APIs"
@@ -28,12 +29,8 @@ class EnabledApis(Resource):
 
         return {s.config.name: s.state == State.ENABLED for s in response.services}
 
-    def diff(self, actual: dict[str, bool]) -> list[Change]:
-        disabled = sorted(s for s in SERVICES if not actual.get(s))
-        return [Change("enabled", sorted(s for s in SERVICES if actual.get(s)), list(SERVICES))] if disabled else []
-
-    def create(self) -> Any:  # pragma: no cover - find never reports the set of APIs absent
-        raise AssertionError("unreachable")
+    def owned_fields(self) -> list[Owned]:
+        return [Owned("enabled", sorted(SERVICES), lambda actual: sorted(s for s in SERVICES if actual.get(s)))]
 
     def update(self, actual: dict[str, bool], changes: list[Change]) -> dict[str, bool]:
         su = self.ctx.clients.service_usage

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import fields
 from ..engine import Change, Resource
 from ..errors import MlflowGcpError
+from ..fields import Owned
 from ..retry import http_status
-from ._common import field_change, label_changes, merged_labels
+
+
+def _setter(attribute: str) -> Any:
+    return lambda bucket, value: setattr(bucket, attribute, value)
 
 
 class ArtifactBucket(Resource):
@@ -35,24 +40,41 @@ class ArtifactBucket(Resource):
                 hint="Set artifacts.bucket to a name of your own.",
             ) from None
 
-    def diff(self, actual: Any) -> list[Change]:
-        iam = actual.iam_configuration
+    def owned_fields(self) -> list[Owned]:
+        location = self.ctx.config.bucket_location
         return [
-            *field_change("uniformBucketLevelAccess", bool(iam.uniform_bucket_level_access_enabled), True),
-            *field_change("publicAccessPrevention", iam.public_access_prevention, "enforced"),
-            *label_changes(actual.labels, self.ctx.names.labels),
-            *field_change("location", actual.location, self.ctx.config.bucket_location),
+            Owned("storageClass", "STANDARD", lambda b: b.storage_class, write=_setter("storage_class")),
+            Owned(
+                "iamConfiguration.uniformBucketLevelAccess.enabled",
+                True,
+                lambda b: bool(b.iam_configuration.uniform_bucket_level_access_enabled),
+                write=lambda b, v: setattr(b.iam_configuration, "uniform_bucket_level_access_enabled", v),
+            ),
+            Owned(
+                "iamConfiguration.publicAccessPrevention",
+                "enforced",
+                lambda b: b.iam_configuration.public_access_prevention,
+                write=lambda b, v: setattr(b.iam_configuration, "public_access_prevention", v),
+            ),
+            Owned("labels", self.ctx.names.labels, lambda b: b.labels, mode="labels", write=_setter("labels")),
+            Owned(
+                "location",
+                location,
+                lambda b: b.location,
+                mode="refuse",
+                normalize=lambda v: (v or "").upper(),
+                refusal=f"Bucket {self.ctx.names.bucket} is in another location than the configured {location}; "
+                "a bucket cannot move.",
+                hint="Set artifacts.location to match, or use another bucket name.",
+                write=lambda b, v: None,  # given to create_bucket, never patched
+            ),
         ]
 
     def create(self) -> Any:
         from google.api_core import exceptions
 
         storage = self.ctx.clients.storage
-        bucket = storage.bucket(self.ctx.names.bucket)
-        bucket.storage_class = "STANDARD"
-        bucket.labels = self.ctx.names.labels
-        bucket.iam_configuration.uniform_bucket_level_access_enabled = True
-        bucket.iam_configuration.public_access_prevention = "enforced"
+        bucket = fields.apply(self.owned_fields(), storage.bucket(self.ctx.names.bucket))
         try:
             return self.ctx.api(
                 "storage.buckets.insert", storage.create_bucket, bucket, location=self.ctx.config.bucket_location
@@ -64,16 +86,7 @@ class ArtifactBucket(Resource):
             return found
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
-        fields = {c.field for c in changes}
-        if "location" in fields:
-            raise MlflowGcpError(
-                f"Bucket {self.ctx.names.bucket} is in {actual.location}, the configuration says "
-                f"{self.ctx.config.bucket_location}; a bucket cannot move.",
-                hint="Set artifacts.location to match, or use another bucket name.",
-            )
-        actual.iam_configuration.uniform_bucket_level_access_enabled = True
-        actual.iam_configuration.public_access_prevention = "enforced"
-        actual.labels = merged_labels(actual.labels, self.ctx.names.labels)
+        fields.apply(self.owned_fields(), actual, only=[c.field for c in changes])
         self.ctx.api("storage.buckets.patch", actual.patch)
         return actual
 

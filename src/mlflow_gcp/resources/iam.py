@@ -1,17 +1,30 @@
-"""IAM bindings, least privilege: each policy edit is one read-modify-write with the etag, retried whole when
-someone else changed the policy in between (409 ABORTED, or 412 for buckets) — retrying only the write never works.
-All bindings for one resource go into one edit."""
+"""IAM bindings, least privilege that stays least.
+
+Each step manages the bindings of some policies (the project's, each secret's, the bucket's, the service's) and
+records in the state file, as its ``granted`` fact, exactly which (role, member) pairs of each policy **it**
+granted. On `up` it grants what the config asks for and revokes what it granted earlier that the config no
+longer asks for; members someone else added are never touched and are reported as ``unmanaged`` (within the
+roles the step manages). "Granted by us" means recorded by us, with one rule for crashes: the facts are recorded
+only after the write succeeded, so a pair that is in the policy and in the config is simply ours again.
+
+Each policy edit is one read-modify-write with the etag, retried whole when someone else changed the policy in
+between (409 ABORTED, or 412 for buckets) — retrying only the write never works. It adds before it removes, in
+one write. Across steps, every (policy, role, member) is managed by exactly one step and a step only revokes
+pairs outside what it wants, so the runtime account, which every run wants to hold its roles, never loses one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..engine import Change, Resource
 from ..errors import GcpPermissionError
 from ..retry import error_text, http_status
 
 Binding = tuple[str, str]  # (role, member)
+Grant = tuple[str, str, str]  # (the resource whose policy holds it, role, member)
 
 RUNTIME_PROJECT_ROLES = ("roles/cloudsql.client",)
 SECRET_ROLE = "roles/secretmanager.secretAccessor"
@@ -20,31 +33,137 @@ BUCKET_READER_ROLE = "roles/storage.objectViewer"
 INVOKER_ROLE = "roles/run.invoker"
 
 
-def _missing(bindings: list[tuple[str, list[str]]], wanted: set[Binding]) -> set[Binding]:
-    have = {(role, m) for role, members in bindings for m in members}
-    return wanted - have
+# Members are compared as exact strings, on purpose. Once a service account is deleted, policies that named it show
+# ``deleted:serviceAccount:EMAIL?uid=NUMBER`` (recorded on real GCP: tests/golden/recordings/
+# project-iam-and-serviceaccount.log); that entry is not ours (a new account of the same email does not inherit
+# it), so it never counts as granted, is never removed, and is written back untouched. Policies come back as
+# ``version: 1`` when they have no conditions, whatever version was written (same recording): nothing compares it.
+# Bindings with an IAM Condition are never ours either: only unconditional bindings are read and edited.
 
 
-def _is_conflict(exc: BaseException) -> bool:
-    return http_status(exc) in (409, 412)
+def _is_deleted(member: str) -> bool:
+    return member.startswith("deleted:")
+
+
+# --- the pure logic ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    add: frozenset[Grant]
+    remove: frozenset[Grant]
+    #: In a managed role, neither wanted nor granted by us: someone else's, left alone.
+    unmanaged: frozenset[Grant]
+
+
+def _present(live: Mapping[str, set[Binding] | None], grant: Grant) -> bool:
+    pairs = live.get(grant[0])
+    return pairs is not None and (grant[1], grant[2]) in pairs
+
+
+def plan(
+    wanted: set[Grant], recorded: set[Grant], live: Mapping[str, set[Binding] | None], roles: Iterable[str]
+) -> Plan:
+    """What to grant, what to revoke and what is someone else's, from what the config wants, what we recorded as
+    granted, and the (role, member) pairs of each live policy (None: that resource does not exist)."""
+    roles = set(roles)
+    ours = wanted | recorded
+    return Plan(
+        add=frozenset(g for g in wanted if not _present(live, g)),
+        remove=frozenset(g for g in recorded - wanted if _present(live, g) and not _is_deleted(g[2])),
+        unmanaged=frozenset(
+            (target, role, member)
+            for target, pairs in live.items()
+            for role, member in pairs or ()
+            if role in roles and (target, role, member) not in ours and not _is_deleted(member)
+        ),
+    )
+
+
+def held(wanted: set[Grant], recorded: set[Grant], live: Mapping[str, set[Binding] | None]) -> set[Grant]:
+    """What we hold in these policies: ours (recorded, or wanted: in the config) and present. Recorded pairs that
+    are gone (revoked, also by a run that died before recording it) drop out."""
+    return {g for g in wanted | recorded if _present(live, g) and not _is_deleted(g[2])}
+
+
+def encode(grants: Iterable[Grant]) -> dict[str, list[str]]:
+    """For the state file: ``{resource: ["role member", ...]}``."""
+    out: dict[str, list[str]] = {}
+    for target, role, member in sorted(grants):
+        out.setdefault(target, []).append(f"{role} {member}")
+    return out
+
+
+def decode(recorded: Mapping[str, Iterable[str]]) -> set[Grant]:
+    grants = set()
+    for target, pairs in recorded.items():
+        for pair in pairs:
+            role, _, member = pair.partition(" ")
+            grants.add((target, role, member))
+    return grants
+
+
+# --- editing one policy --------------------------------------------------------------------------------
+
+
+def _proto_pairs(policy: Any) -> set[Binding]:
+    """Unconditional (role, member) pairs of a google.iam.v1 Policy message."""
+    return {(b.role, m) for b in policy.bindings if not b.condition.expression for m in b.members}
+
+
+def _edit_proto(policy: Any, add: Iterable[Binding], remove: Iterable[Binding]) -> bool:
+    """Grant, then revoke, in a google.iam.v1 Policy message (unconditional bindings only); say whether it
+    changed."""
+    changed = False
+    for role, member in sorted(add):
+        binding = next((b for b in policy.bindings if b.role == role and not b.condition.expression), None)
+        if binding is None:
+            binding = policy.bindings.add(role=role)
+        if member not in binding.members:
+            binding.members.append(member)
+            changed = True
+    for role, member in sorted(remove):
+        for b in policy.bindings:
+            if b.role == role and not b.condition.expression and member in b.members:
+                b.members.remove(member)
+                changed = True
+    for b in [b for b in policy.bindings if not b.members]:
+        policy.bindings.remove(b)
+    return changed
+
+
+def _storage_pairs(policy: Any) -> set[Binding]:
+    """The same for google-cloud-storage's Policy (bindings as dicts, members as sets)."""
+    return {(b["role"], m) for b in policy.bindings if not b.get("condition") for m in b["members"]}
+
+
+def _edit_storage(policy: Any, add: Iterable[Binding], remove: Iterable[Binding]) -> bool:
+    changed = False
+    for role, member in sorted(add):
+        binding = next((b for b in policy.bindings if b["role"] == role and not b.get("condition")), None)
+        if binding is None:
+            binding = {"role": role, "members": set()}
+            policy.bindings.append(binding)
+        if member not in binding["members"]:
+            binding["members"] = set(binding["members"]) | {member}
+            changed = True
+    for role, member in sorted(remove):
+        for b in policy.bindings:
+            if b["role"] == role and not b.get("condition") and member in b["members"]:
+                b["members"] = set(b["members"]) - {member}
+                changed = True
+    policy.bindings[:] = [b for b in policy.bindings if b["members"]]
+    return changed
 
 
 def _toggle(policy: Any, role: str, member: str, grant: bool) -> bool:
     """Grant or revoke one member's role in a google.iam.v1 Policy message; say whether it changed."""
-    binding = next((b for b in policy.bindings if b.role == role), None)
-    if grant:
-        if binding is None:
-            binding = policy.bindings.add(role=role)
-        if member in binding.members:
-            return False
-        binding.members.append(member)
-        return True
-    if binding is None or member not in binding.members:
-        return False
-    binding.members.remove(member)
-    if not binding.members:
-        policy.bindings.remove(binding)
-    return True
+    pair = {(role, member)}
+    return _edit_proto(policy, pair if grant else set(), set() if grant else pair)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return http_status(exc) in (409, 412)
 
 
 def read_modify_write(
@@ -77,32 +196,127 @@ def org_policy_error(exc: BaseException, member: str) -> GcpPermissionError | No
     return None
 
 
+# --- the shared step -----------------------------------------------------------------------------------
+
+
 class _PolicyBindings(Resource):
-    """Bindings we own in one resource's policy: granted when missing, revoked by `down`, others left alone."""
+    """Bindings we own in some resources' policies. ``actual`` is ``{resource: policy or None}``; ``find`` is None
+    only when none of those resources exists (nothing to bind to yet)."""
 
-    def wanted(self) -> set[Binding]:
+    #: The roles this step manages: other members of these roles are listed as unmanaged.
+    roles: ClassVar[tuple[str, ...]]
+    #: The API's prefix in call labels (``-v`` and permission errors), e.g. "storage.buckets".
+    api_name: ClassVar[str]
+
+    def targets(self) -> list[str]:
+        """The resources whose policies this step edits."""
         raise NotImplementedError
 
-    @staticmethod
-    def _pairs(policy: Any) -> list[tuple[str, list[str]]]:
-        """(role, members) of each binding in the policy as its client returns it."""
+    def wanted(self) -> set[Grant]:
         raise NotImplementedError
 
-    def _edit(self, add: set[Binding], remove: set[Binding]) -> Any:
+    def _read(self, target: str) -> Any:
         raise NotImplementedError
+
+    def _write(self, target: str, policy: Any) -> Any:
+        raise NotImplementedError
+
+    _pairs: Callable[[Any], set[Binding]] = staticmethod(_proto_pairs)
+    _apply: Callable[[Any, Iterable[Binding], Iterable[Binding]], bool] = staticmethod(_edit_proto)
+
+    def _where(self, target: str) -> str:
+        """How a label names the resource, when the step has several."""
+        return ""
+
+    def _refusal(self, exc: BaseException) -> Exception | None:
+        return None
+
+    def _label(self, grant: Grant) -> str:
+        target, role, member = grant
+        where = self._where(target)
+        return f"{role} for {member}" + (f" on {where}" if where else "")
+
+    def _what(self, method: str, target: str) -> str:
+        where = self._where(target)
+        return f"{self.api_name}.{method}" + (f" {where}" if where else "")
+
+    def recorded(self) -> set[Grant]:
+        """What the state file says we granted."""
+        granted = self.ctx.fact(self.key, "granted")
+        if granted is None:
+            # Written before grants were recorded: its "bindings" were what we granted then.
+            legacy = self.ctx.fact(self.key, "bindings") or []
+            targets = self.targets()
+            granted = {targets[0]: legacy} if len(targets) == 1 else {}
+        return decode(granted)
+
+    def find(self) -> dict[str, Any] | None:
+        from google.api_core import exceptions
+
+        policies: dict[str, Any] = {}
+        for target in self.targets():
+            try:
+                policies[target] = self.ctx.api(self._what("getIamPolicy", target), self._read, target)
+            except exceptions.NotFound:
+                policies[target] = None
+        return policies if any(p is not None for p in policies.values()) else None
+
+    def _live(self, actual: Mapping[str, Any]) -> dict[str, set[Binding] | None]:
+        return {t: None if p is None else self._pairs(p) for t, p in actual.items()}
 
     def diff(self, actual: Any) -> list[Change]:
-        missing = _missing(self._pairs(actual), self.wanted())
-        return [Change(f"{role} for {member}", "absent", "granted") for role, member in sorted(missing)]
+        """Only our own changes: grants the config asks for, revocations of what we granted."""
+        p = plan(self.wanted(), self.recorded(), self._live(actual), self.roles)
+        return [Change(self._label(g), "absent", "granted") for g in sorted(p.add)] + [
+            Change(self._label(g), "granted", "revoked") for g in sorted(p.remove)
+        ]
+
+    def _edit(self, target: str, add: set[Binding], remove: set[Binding]) -> Any:
+        try:
+            return read_modify_write(
+                self.ctx,
+                self._what("setIamPolicy", target),
+                lambda: self._read(target),
+                lambda policy: self._write(target, policy),
+                lambda policy: self._apply(policy, add, remove),
+            )
+        except Exception as exc:
+            refusal = self._refusal(exc)
+            if refusal is not None:
+                raise refusal from None
+            raise
+
+    def _converge(self, actual: Mapping[str, Any], grant: set[Grant], revoke: set[Grant]) -> dict[str, Any]:
+        """One read-modify-write per policy that needs a change; the add and the removal go into the same write.
+        The whole ``grant`` / ``revoke`` sets of a policy go in (not only what ``actual`` lacks), so a retry after
+        a concurrent change applies them to the fresh policy."""
+        result = dict(actual)
+        p = plan(grant, revoke, self._live(actual), ())
+        for target in sorted({g[0] for g in p.add | p.remove}):
+            add = {(r, m) for t, r, m in grant if t == target}
+            remove = {(r, m) for t, r, m in revoke - grant if t == target and not _is_deleted(m)}
+            result[target] = self._edit(target, add, remove)
+        return result
+
+    def create(self) -> Any:
+        return self.update({t: None for t in self.targets()}, [])
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
-        return self._edit(self.wanted(), set())
+        return self._converge(actual, self.wanted(), self.recorded())
 
     def delete(self, actual: Any) -> None:
-        self._edit(set(), self.wanted())
+        # Everything ours goes, what the config asks for and what we granted earlier; others' members stay.
+        self._converge(actual, set(), self.wanted() | self.recorded())
 
     def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "bindings": sorted(f"{r} {m}" for r, m in self.wanted())}
+        live = self._live(actual)
+        wanted, recorded = self.wanted(), self.recorded()
+        unmanaged = plan(wanted, recorded, live, self.roles).unmanaged
+        return {
+            "id": self.id(),
+            "granted": encode(held(wanted, recorded, live)),
+            "unmanaged": [self._label(g) for g in sorted(unmanaged)],
+        }
 
 
 # --- project -------------------------------------------------------------------------------------------
@@ -112,133 +326,64 @@ class ProjectBindings(_PolicyBindings):
     key = "iam:project"
     kind = "project IAM bindings"
     depends_on = ("sa:runtime",)
+    roles = RUNTIME_PROJECT_ROLES
+    api_name = "resourcemanager.projects"
 
     def id(self) -> str:
         return f"projects/{self.ctx.names.project}"
 
-    def wanted(self) -> set[Binding]:
-        member = f"serviceAccount:{self.ctx.names.runtime_account}"
-        return {(role, member) for role in RUNTIME_PROJECT_ROLES}
+    def targets(self) -> list[str]:
+        return [self.id()]
 
-    def _read(self) -> Any:
+    def wanted(self) -> set[Grant]:
+        member = f"serviceAccount:{self.ctx.names.runtime_account}"
+        return {(self.id(), role, member) for role in RUNTIME_PROJECT_ROLES}
+
+    def _read(self, target: str) -> Any:
         rm = self.ctx.clients.projects
-        return rm.get_iam_policy(request={"resource": self.id(), "options": {"requested_policy_version": 3}})
+        return rm.get_iam_policy(request={"resource": target, "options": {"requested_policy_version": 3}})
+
+    def _write(self, target: str, policy: Any) -> Any:
+        return self.ctx.clients.projects.set_iam_policy(request={"resource": target, "policy": policy})
 
     @staticmethod
-    def _pairs(policy: Any) -> list[tuple[str, list[str]]]:
-        return [(b.role, list(b.members)) for b in policy.bindings]
-
-    def find(self) -> Any:
-        return self.ctx.api("resourcemanager.projects.getIamPolicy", self._read)
-
-    def create(self) -> Any:  # pragma: no cover - a project always has a policy
-        raise AssertionError("unreachable")
-
-    def _edit(self, add: set[Binding], remove: set[Binding]) -> Any:
-        rm = self.ctx.clients.projects
-
-        def mutate(policy: Any) -> bool:
-            policy.version = 3  # a v1 write may drop IAM Conditions others set
-            changed = False
-            for role, member in add:
-                binding = next((b for b in policy.bindings if b.role == role and not b.condition.expression), None)
-                if binding is None:
-                    binding = policy.bindings.add(role=role)
-                if member not in binding.members:
-                    binding.members.append(member)
-                    changed = True
-            for role, member in remove:
-                for b in policy.bindings:
-                    if b.role == role and member in b.members:
-                        b.members.remove(member)
-                        changed = True
-            for b in [b for b in policy.bindings if not b.members]:
-                policy.bindings.remove(b)
-            return changed
-
-        return read_modify_write(
-            self.ctx,
-            "resourcemanager.projects.setIamPolicy",
-            self._read,
-            lambda policy: rm.set_iam_policy(request={"resource": self.id(), "policy": policy}),
-            mutate,
-        )
+    def _apply(policy: Any, add: Iterable[Binding], remove: Iterable[Binding]) -> bool:
+        policy.version = 3  # a v1 write may drop IAM Conditions others set
+        return _edit_proto(policy, add, remove)
 
 
 # --- secrets -------------------------------------------------------------------------------------------
 
 
-class SecretBindings(Resource):
-    """The runtime account may read each of its own secrets, and nothing else in Secret Manager."""
+class SecretBindings(_PolicyBindings):
+    """The runtime account may read each of its own secrets, and nothing else in Secret Manager. The secrets
+    themselves are deleted by their own steps; a deleted secret has nothing to revoke."""
 
     key = "iam:secrets"
     kind = "secret IAM bindings"
     depends_on = ("sa:runtime", "secret:db-password", "secret:admin-username", "secret:admin-password",
                   "secret:flask-secret-key")  # fmt: skip
+    roles = (SECRET_ROLE,)
+    api_name = "secretmanager.secrets"
 
     def id(self) -> str:
         return f"projects/{self.ctx.names.project}/secrets/{self.ctx.names.prefix}-*"
 
-    @property
-    def member(self) -> str:
-        return f"serviceAccount:{self.ctx.names.runtime_account}"
-
-    def _names(self) -> list[str]:
+    def targets(self) -> list[str]:
         return [f"projects/{self.ctx.names.project}/secrets/{s}" for s in self.ctx.names.secrets.values()]
 
-    def find(self) -> Any | None:
-        from google.api_core import exceptions
+    def wanted(self) -> set[Grant]:
+        member = f"serviceAccount:{self.ctx.names.runtime_account}"
+        return {(name, SECRET_ROLE, member) for name in self.targets()}
 
-        sm = self.ctx.clients.secrets
-        policies = {}
-        for name in self._names():
-            try:
-                policies[name] = self.ctx.api(
-                    f"secretmanager.secrets.getIamPolicy {name.rsplit('/', 1)[1]}", sm.get_iam_policy,
-                    request={"resource": name},
-                )  # fmt: skip
-            except exceptions.NotFound:
-                policies[name] = None
-        return policies
+    def _where(self, target: str) -> str:
+        return target.rsplit("/", 1)[1]
 
-    def diff(self, actual: Any) -> list[Change]:
-        changes = []
-        for name, policy in actual.items():
-            pairs = [(b.role, list(b.members)) for b in policy.bindings] if policy is not None else []
-            if _missing(pairs, {(SECRET_ROLE, self.member)}):
-                changes.append(Change(f"{SECRET_ROLE} on {name.rsplit('/', 1)[1]}", "absent", "granted"))
-        return changes
+    def _read(self, target: str) -> Any:
+        return self.ctx.clients.secrets.get_iam_policy(request={"resource": target})
 
-    def create(self) -> Any:  # pragma: no cover
-        raise AssertionError("unreachable")
-
-    def _edit(self, name: str, grant: bool) -> None:
-        sm = self.ctx.clients.secrets
-
-        def mutate(policy: Any) -> bool:
-            return _toggle(policy, SECRET_ROLE, self.member, grant)
-
-        read_modify_write(
-            self.ctx,
-            f"secretmanager.secrets.setIamPolicy {name.rsplit('/', 1)[1]}",
-            lambda: sm.get_iam_policy(request={"resource": name}),
-            lambda policy: sm.set_iam_policy(request={"resource": name, "policy": policy}),
-            mutate,
-        )
-
-    def update(self, actual: Any, changes: list[Change]) -> Any:
-        for name in self._names():
-            self._edit(name, grant=True)
-        return self.find()
-
-    def delete(self, actual: Any) -> None:
-        # The secrets themselves are deleted by their own steps; nothing to undo on a deleted secret.
-        for name, policy in actual.items():
-            if policy is not None:
-                self._edit(name, grant=False)
-
-    def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "member": self.member, "role": SECRET_ROLE}
+    def _write(self, target: str, policy: Any) -> Any:
+        return self.ctx.clients.secrets.set_iam_policy(request={"resource": target, "policy": policy})
 
 
 # --- bucket --------------------------------------------------------------------------------------------
@@ -250,129 +395,61 @@ class BucketBindings(_PolicyBindings):
     key = "iam:bucket"
     kind = "bucket IAM bindings"
     depends_on = ("sa:runtime", "bucket", "sa:client")
+    roles = (BUCKET_RUNTIME_ROLE, BUCKET_READER_ROLE)
+    api_name = "storage.buckets"
+    _pairs = staticmethod(_storage_pairs)
+    _apply = staticmethod(_edit_storage)
 
     def id(self) -> str:
         return f"gs://{self.ctx.names.bucket}"
 
-    def wanted(self) -> set[Binding]:
+    def targets(self) -> list[str]:
+        return [self.id()]
+
+    def wanted(self) -> set[Grant]:
         wanted = {(BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.runtime_account}")}
         wanted |= {(BUCKET_READER_ROLE, m) for m in self.ctx.config.artifacts.users}
         if self.ctx.config.create_client_key:
             wanted.add((BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.client_account}"))
-        return wanted
+        return {(self.id(), role, member) for role, member in wanted}
 
     def _bucket(self) -> Any:
         return self.ctx.clients.storage.bucket(self.ctx.names.bucket)
 
-    def find(self) -> Any | None:
-        from google.api_core import exceptions
+    def _read(self, target: str) -> Any:
+        return self._bucket().get_iam_policy(requested_policy_version=3)
 
-        try:
-            return self.ctx.api(
-                "storage.buckets.getIamPolicy", self._bucket().get_iam_policy, requested_policy_version=3
-            )
-        except exceptions.NotFound:
-            return None
-
-    @staticmethod
-    def _pairs(policy: Any) -> list[tuple[str, list[str]]]:
-        return [(b["role"], list(b["members"])) for b in policy.bindings]
-
-    def create(self) -> Any:  # pragma: no cover - the bucket step runs first
-        raise AssertionError("the bucket does not exist")
-
-    def _edit(self, add: set[Binding], remove: set[Binding]) -> Any:
-        bucket = self._bucket()
-
-        def mutate(policy: Any) -> bool:
-            changed = False
-            for role, member in add:
-                binding = next((b for b in policy.bindings if b["role"] == role and not b.get("condition")), None)
-                if binding is None:
-                    binding = {"role": role, "members": set()}
-                    policy.bindings.append(binding)
-                if member not in binding["members"]:
-                    binding["members"] = set(binding["members"]) | {member}
-                    changed = True
-            for role, member in remove:
-                for b in policy.bindings:
-                    if b["role"] == role and member in b["members"]:
-                        b["members"] = set(b["members"]) - {member}
-                        changed = True
-            policy.bindings[:] = [b for b in policy.bindings if b["members"]]
-            return changed
-
-        return read_modify_write(
-            self.ctx,
-            "storage.buckets.setIamPolicy",
-            lambda: bucket.get_iam_policy(requested_policy_version=3),
-            bucket.set_iam_policy,
-            mutate,
-        )
+    def _write(self, target: str, policy: Any) -> Any:
+        return self._bucket().set_iam_policy(policy)
 
 
 # --- Cloud Run invoker ---------------------------------------------------------------------------------
 
 
-class PublicInvoker(Resource):
+class PublicInvoker(_PolicyBindings):
     """`allUsers` may invoke the service: MLflow's own login protects it (as in the seed guide)."""
 
     key = "iam:invoker"
     kind = "Cloud Run invoker binding"
     depends_on = ("run",)
+    roles = (INVOKER_ROLE,)
+    api_name = "run.services"
     member = "allUsers"
 
     def id(self) -> str:
         return f"{self.ctx.names.service_path}#{INVOKER_ROLE}"
 
-    def find(self) -> Any | None:
-        from google.api_core import exceptions
+    def targets(self) -> list[str]:
+        return [self.ctx.names.service_path]
 
-        run = self.ctx.clients.run_services
-        try:
-            return self.ctx.api(
-                "run.services.getIamPolicy", run.get_iam_policy, request={"resource": self.ctx.names.service_path}
-            )
-        except exceptions.NotFound:
-            return None
+    def wanted(self) -> set[Grant]:
+        return {(self.ctx.names.service_path, INVOKER_ROLE, self.member)}
 
-    def diff(self, actual: Any) -> list[Change]:
-        pairs = [(b.role, list(b.members)) for b in actual.bindings]
-        return (
-            [Change(f"{INVOKER_ROLE} for {self.member}", "absent", "granted")]
-            if _missing(pairs, {(INVOKER_ROLE, self.member)})
-            else []
-        )
+    def _read(self, target: str) -> Any:
+        return self.ctx.clients.run_services.get_iam_policy(request={"resource": target})
 
-    def create(self) -> Any:  # pragma: no cover - the service step runs first
-        raise AssertionError("the service does not exist")
+    def _write(self, target: str, policy: Any) -> Any:
+        return self.ctx.clients.run_services.set_iam_policy(request={"resource": target, "policy": policy})
 
-    def _edit(self, grant: bool) -> Any:
-        run = self.ctx.clients.run_services
-        resource = self.ctx.names.service_path
-
-        def mutate(policy: Any) -> bool:
-            return _toggle(policy, INVOKER_ROLE, self.member, grant)
-
-        try:
-            return read_modify_write(
-                self.ctx,
-                "run.services.setIamPolicy",
-                lambda: run.get_iam_policy(request={"resource": resource}),
-                lambda policy: run.set_iam_policy(request={"resource": resource, "policy": policy}),
-                mutate,
-            )
-        except Exception as exc:
-            refusal = org_policy_error(exc, self.member)
-            if refusal is not None:
-                raise refusal from None
-            raise
-
-    def update(self, actual: Any, changes: list[Change]) -> Any:
-        return self._edit(grant=True)
-
-    def delete(self, actual: Any) -> None:
-        self._edit(grant=False)
-
-    def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "member": self.member}
+    def _refusal(self, exc: BaseException) -> Exception | None:
+        return org_policy_error(exc, self.member)

@@ -4,11 +4,17 @@ image is never rebuilt; or a prebuilt image given with --image."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
-from ..engine import Change, Resource
-from ..errors import MlflowGcpError
+from ..engine import Resource
+from ..errors import ExitCode, MlflowGcpError
+
+_AR_IMAGE = re.compile(
+    r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repo>[^/]+)/[^@:]+(?:/[^@:]+)*"
+    r"(?::(?P<tag>[\w][\w.-]*))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
 
 
 def docker_dir() -> Path:
@@ -49,23 +55,40 @@ class ServerImage(Resource):
 
     def find(self) -> Any | None:
         if self.prebuilt:
-            return {"uri": self.prebuilt}
+            return self._find_prebuilt(self.prebuilt)
+        n = self.ctx.names
+        return self._find_in(f"projects/{n.project}/locations/{n.region}/repositories/{n.repository}", n.image_repo,
+                             tag=self.tag)  # fmt: skip
+
+    def _find_in(self, parent: str, repo_uri: str, *, tag: str | None = None, digest: str | None = None) -> Any:
         from google.api_core import exceptions
 
-        n = self.ctx.names
         ar = self.ctx.clients.artifact_registry
-        parent = f"projects/{n.project}/locations/{n.region}/repositories/{n.repository}"
         try:
-            images = self.ctx.api("artifactregistry.dockerImages.list", ar.list_docker_images, parent=parent)
-            for image in images:
-                if self.tag in image.tags and image.uri.split("@")[0] == n.image_repo:
+            for image in self.ctx.api("artifactregistry.dockerImages.list", ar.list_docker_images, parent=parent):
+                name, _, image_digest = image.uri.partition("@")
+                if name == repo_uri and (tag in image.tags if tag else image_digest == digest):
                     return {"uri": image.uri}
         except exceptions.NotFound:
             return None
         return None
 
-    def diff(self, actual: Any) -> list[Change]:
-        return []
+    def _find_prebuilt(self, uri: str) -> Any:
+        """An image in Artifact Registry is looked up (a missing one would only fail at deploy time, with a
+        less clear message); one elsewhere (Docker Hub, gcr.io) cannot be, and Cloud Run checks it."""
+        m = _AR_IMAGE.match(uri)
+        if m is None:
+            return {"uri": uri}
+        parent = f"projects/{m['project']}/locations/{m['location']}/repositories/{m['repo']}"
+        repo_uri = uri.split("@")[0].rsplit(":", 1)[0] if m["tag"] else uri.split("@")[0]
+        found = self._find_in(parent, repo_uri, tag=m["tag"] or None, digest=m["digest"] or None)
+        if found is None:
+            raise MlflowGcpError(
+                f"The image {uri} is not in Artifact Registry.",
+                hint="Push it first, or check the --image URI (REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG).",
+                exit_code=ExitCode.CONFIG,
+            )
+        return found
 
     def create(self) -> Any:
         if self.prebuilt:  # pragma: no cover - find always finds a prebuilt image

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import fields
 from ..engine import Change, Resource
-from ._common import field_change, get_or_none, label_changes, merged_labels
+from ..fields import Owned
+from ._common import get_or_none
+
+
+def _setter(attribute: str) -> Any:
+    return lambda repo, value: setattr(repo, attribute, value)
+
 
 DESCRIPTION = "MLflow server images (managed by mlflow-gcp)"
 
@@ -23,10 +30,23 @@ class Repository(Resource):
         ar = self.ctx.clients.artifact_registry
         return get_or_none(self.ctx, "artifactregistry.repositories.get", ar.get_repository, name=self.id())
 
-    def diff(self, actual: Any) -> list[Change]:
-        return label_changes(actual.labels, self.ctx.names.labels) + field_change(
-            "description", actual.description, DESCRIPTION
-        )
+    def owned_fields(self) -> list[Owned]:
+        from google.cloud import artifactregistry_v1
+
+        docker = artifactregistry_v1.Repository.Format.DOCKER
+        return [
+            Owned(
+                "format_",
+                docker,
+                lambda r: r.format_,
+                mode="refuse",
+                refusal=f"Repository {self.ctx.names.repository} exists but is not a Docker repository.",
+                hint="Set a repository name of your own (registry.repository) or delete that repository.",
+                write=_setter("format_"),
+            ),
+            Owned("description", DESCRIPTION, lambda r: r.description, write=_setter("description")),
+            Owned("labels", self.ctx.names.labels, lambda r: dict(r.labels), mode="labels", write=_setter("labels")),
+        ]
 
     def create(self) -> Any:
         from google.api_core import exceptions
@@ -34,9 +54,7 @@ class Repository(Resource):
 
         n = self.ctx.names
         ar = self.ctx.clients.artifact_registry
-        repo = artifactregistry_v1.Repository(
-            format_=artifactregistry_v1.Repository.Format.DOCKER, description=DESCRIPTION, labels=n.labels
-        )
+        repo = fields.apply(self.owned_fields(), artifactregistry_v1.Repository())
         try:
             op = self.ctx.api(
                 "artifactregistry.repositories.create",
@@ -53,14 +71,14 @@ class Repository(Resource):
         from google.cloud import artifactregistry_v1
 
         ar = self.ctx.clients.artifact_registry
-        repo = artifactregistry_v1.Repository(
-            name=self.id(), labels=merged_labels(actual.labels, self.ctx.names.labels), description=DESCRIPTION
-        )
+        paths = [c.field for c in changes]
+        repo = artifactregistry_v1.Repository(name=self.id(), labels=dict(actual.labels))
+        fields.apply(self.owned_fields(), repo, only=paths)
         return self.ctx.api(
             "artifactregistry.repositories.patch",
             ar.update_repository,
             repository=repo,
-            update_mask={"paths": ["labels", "description"]},
+            update_mask={"paths": paths},
         )
 
     def delete(self, actual: Any) -> None:

@@ -6,14 +6,15 @@ converges lazily and would make revisions differ), so rotating a credential mean
 from __future__ import annotations
 
 import secrets
-import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import __version__
+from .. import __version__, fields
 from ..engine import Change, Resource
+from ..fields import Owned
 from ..tiers import max_connections
-from ._common import field_change, get_or_none, label_changes
+from ._common import get_or_none, wait_until
 
 CONTAINER_PORT = 8080
 # End-to-end HTTP/2: lifts Cloud Run's 32 MiB limit on HTTP/1 request bodies, so large model artifacts upload.
@@ -29,9 +30,152 @@ SECRET_ENV = {
 }
 
 
+#: The Cloud SQL volume and mount we own, by name (others' volumes and mounts stay).
+VOLUME = "cloudsql"
+#: Environment variables with this prefix in our container are ours: those the server no longer needs go.
+OUR_ENV = "MLFLOW_"
+UNUSED_ENV = "env (no longer used)"
+
+
+def _set(attribute: str) -> Any:
+    return lambda obj, value: setattr(obj, attribute, value)
+
+
+def _template_field(path: str, desired: Any) -> Owned:
+    """A field of the revision template, by its dotted path under ``template``."""
+    *parents, leaf = path.split(".")
+
+    def holder(service: Any) -> Any:
+        obj = service.template
+        for p in parents:
+            obj = getattr(obj, p)
+        return obj
+
+    return Owned(
+        f"template.{path}",
+        desired,
+        lambda s: getattr(holder(s), leaf),
+        write=lambda s, v: setattr(holder(s), leaf, v),
+    )
+
+
+def _container(service: Any, create: bool = False) -> Any:
+    """Our container: the one that takes requests (Cloud Run lets one container have a port), else the first;
+    sidecars others add are not ours."""
+    from google.cloud import run_v2
+
+    containers = service.template.containers
+    ours = next((c for c in containers if c.ports), containers[0] if containers else None)
+    if ours is None and create:
+        containers.append(run_v2.Container())
+        ours = containers[0]
+    return ours
+
+
+def _container_field(path: str, desired: Any, read: Any, write: Any) -> Owned:
+    return Owned(
+        f"container.{path}",
+        desired,
+        lambda s: read(c) if (c := _container(s)) is not None else None,
+        write=lambda s, v: write(_container(s, create=True), v),
+        mask="template.containers",
+    )
+
+
+def _secret_ref(env: Any) -> str | None:
+    ref = env.value_source.secret_key_ref if env.value_source else None
+    return f"secret:{ref.secret}@{ref.version}" if ref and ref.secret else None
+
+
+def _env_reader(name: str) -> Any:
+    def read(container: Any) -> str | None:
+        e = next((e for e in container.env if e.name == name), None)
+        return None if e is None else _secret_ref(e) or e.value
+
+    return read
+
+
+def _env_writer(name: str) -> Any:
+    def write(container: Any, value: str) -> None:
+        from google.cloud import run_v2
+
+        if value.startswith("secret:"):
+            secret, _, version = value[len("secret:") :].rpartition("@")
+            ref = run_v2.SecretKeySelector(secret=secret, version=version)
+            var = run_v2.EnvVar(name=name, value_source=run_v2.EnvVarSource(secret_key_ref=ref))
+        else:
+            var = run_v2.EnvVar(name=name, value=value)
+        env = [e for e in container.env if e.name != name] + [var]
+        container.env = sorted(env, key=lambda e: e.name)
+
+    return write
+
+
+def _drop_env(container: Any, wanted: dict[str, str]) -> None:
+    container.env = [e for e in container.env if not e.name.startswith(OUR_ENV) or e.name in wanted]
+
+
+def _cloudsql_instances(service: Any) -> list[str] | None:
+    volume = next((v for v in service.template.volumes if v.name == VOLUME), None)
+    return sorted(volume.cloud_sql_instance.instances) if volume is not None else None
+
+
+def _set_cloudsql(service: Any, instances: list[str]) -> None:
+    from google.cloud import run_v2
+
+    volume = run_v2.Volume(name=VOLUME, cloud_sql_instance=run_v2.CloudSqlInstance(instances=instances))
+    service.template.volumes = [v for v in service.template.volumes if v.name != VOLUME] + [volume]
+
+
+def _set_mount(container: Any, path: str) -> None:
+    from google.cloud import run_v2
+
+    mounts = [m for m in container.volume_mounts if m.name != VOLUME]
+    container.volume_mounts = [*mounts, run_v2.VolumeMount(name=VOLUME, mount_path=path)]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the server logs in with: the database user, and the secret versions its database and admin passwords
+    are pinned to. `up` deploys the ones the state and this run's steps say (:meth:`current`); a password rotation
+    deploys the ones it switches to, explicitly."""
+
+    db_user: str
+    db_password_version: str
+    admin_password_version: str
+
+    @classmethod
+    def current(cls, ctx: Any) -> Credentials:
+        return cls(
+            db_user=ctx.fact("sql:user", "user") or ctx.names.db_users[0],
+            db_password_version=str(ctx.fact("secret:db-password", "version")),
+            admin_password_version=str(ctx.fact("secret:admin-password", "version")),
+        )
+
+
 def recorded_url(state: Any) -> str | None:
     """The service URL the last run recorded (with the service's other facts)."""
     return (state.get("run") or {}).get("url")
+
+
+def serving_revisions(service: Any) -> set[str]:
+    """Short names of the revisions that take traffic, from a live run_v2.Service.
+
+    Real Cloud Run names no revision in the traffic status of a LATEST allocation: it reports
+    ``{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}`` (recorded:
+    tests/golden/recordings/run-service.tf.yaml), and that traffic goes to ``latestReadyRevision``. Only
+    revision-pinned targets carry ``revision``."""
+    from google.cloud import run_v2
+
+    latest = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+    serving: set[str] = set()
+    for t in service.traffic_statuses:
+        if t.percent <= 0:
+            continue
+        revision = t.revision or (service.latest_ready_revision if t.type_ == latest else "")
+        if revision:
+            serving.add(revision.rsplit("/", 1)[-1])
+    return serving
 
 
 class Service(Resource):
@@ -42,15 +186,25 @@ class Service(Resource):
         "iam:project", "iam:secrets", "iam:bucket",
     )  # fmt: skip
 
+    def __init__(self, ctx: Any, credentials: Credentials | None = None) -> None:
+        """``credentials``: deploy these (password rotation) instead of the current ones."""
+        super().__init__(ctx)
+        self._credentials = credentials
+
     def id(self) -> str:
         return self.ctx.names.service_path
 
     # --- what it should be --------------------------------------------------------------------------------
 
+    @property
+    def credentials(self) -> Credentials:
+        # Read when needed, not when made: `up` makes this step before the steps whose facts it reads have run.
+        return self._credentials or Credentials.current(self.ctx)
+
     def plain_env(self, uri: str | None = None) -> dict[str, str]:
         c, n = self.ctx.config, self.ctx.names
         return {
-            "MLFLOW_GCP_DB_USER": self.ctx.fact("sql:user", "user") or n.db_users[0],
+            "MLFLOW_GCP_DB_USER": self.credentials.db_user,
             # Both login roles password rotation alternates between: the server makes them share table ownership.
             "MLFLOW_GCP_DB_USERS": ",".join(n.db_users),
             "MLFLOW_GCP_DB_NAME": n.tracking_database,
@@ -80,83 +234,126 @@ class Service(Resource):
         return urls
 
     def secret_versions(self) -> dict[str, str]:
-        return {env: str(self.ctx.fact(f"secret:{which}", "version")) for env, which in SECRET_ENV.items()}
+        """The secret version each secret variable is pinned to, by variable."""
+        creds = self.credentials
+        pinned = {"db-password": creds.db_password_version, "admin-password": creds.admin_password_version}
+        return {
+            env: pinned.get(which) or str(self.ctx.fact(f"secret:{which}", "version"))
+            for env, which in SECRET_ENV.items()
+        }
 
-    def desired(self, uri: str | None = None) -> Any:
-        """The service as it should be; ``uri`` is the live service's (None before it exists)."""
+    def env(self, uri: str | None = None) -> dict[str, str]:
+        """Our container's environment as it should be (secret references as ``secret:NAME@VERSION``)."""
+        n = self.ctx.names
+        env = dict(self.plain_env(uri))
+        for name, version in self.secret_versions().items():
+            env[name] = f"secret:{n.secrets[SECRET_ENV[name]]}@{version}"
+        return env
+
+    def owned_fields(self, uri: str | None = None) -> list[Owned]:
+        """Every field we set, declared once; ``uri`` is the live service's (None before it exists). Fields of our
+        container and our volume are written into the live template, so a sidecar, another volume, a custom
+        audience or another team's labels survive our updates (each goes with an update mask)."""
         from google.cloud import run_v2
 
         c, n = self.ctx.config, self.ctx.names
-        env = [run_v2.EnvVar(name=k, value=v) for k, v in sorted(self.plain_env(uri).items())]
-        for name, which in sorted(SECRET_ENV.items()):
-            env.append(
-                run_v2.EnvVar(
-                    name=name,
-                    value_source=run_v2.EnvVarSource(
-                        secret_key_ref=run_v2.SecretKeySelector(
-                            secret=n.secrets[which], version=str(self.ctx.fact(f"secret:{which}", "version"))
-                        )
-                    ),
-                )
+        probe = run_v2.Probe(
+            http_get=run_v2.HTTPGetAction(path="/health", port=CONTAINER_PORT),
+            initial_delay_seconds=0,
+            period_seconds=5,
+            timeout_seconds=4,
+            failure_threshold=36,  # 3 minutes: the first start runs the database migrations
+        )
+        template = _template_field
+        owned = [
+            Owned("labels", n.labels, lambda s: dict(s.labels), mode="labels", write=_set("labels")),
+            Owned("client", "mlflow-gcp", lambda s: s.client, write=_set("client")),
+            Owned("client_version", __version__, lambda s: s.client_version, write=_set("client_version")),
+            Owned(
+                "ingress",
+                int(run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL),
+                lambda s: int(s.ingress),
+                write=_set("ingress"),
+            ),
+            template("service_account", n.runtime_account),
+            template("scaling.min_instance_count", c.server.min_instances),
+            template("scaling.max_instance_count", c.server.max_instances),
+            Owned(
+                "template.labels",
+                n.labels,
+                lambda s: dict(s.template.labels),
+                mode="labels",
+                write=lambda s, v: setattr(s.template, "labels", v),
+            ),
+            Owned(
+                f"template.volumes[{VOLUME}]",
+                [n.connection_name],
+                _cloudsql_instances,
+                write=_set_cloudsql,
+                mask="template.volumes",
+            ),
+            _container_field("image", self.ctx.fact("image", "uri"), lambda k: k.image, _set("image")),
+            _container_field(
+                "resources.limits",
+                {"cpu": c.server.cpu, "memory": c.server.memory},
+                lambda k: dict(k.resources.limits),
+                lambda k, v: setattr(k.resources, "limits", v),
+            ),
+            _container_field(
+                "resources.cpu_idle",
+                True,
+                lambda k: bool(k.resources.cpu_idle),
+                lambda k, v: setattr(k.resources, "cpu_idle", v),
+            ),
+            _container_field(
+                "resources.startup_cpu_boost",
+                True,
+                lambda k: bool(k.resources.startup_cpu_boost),
+                lambda k, v: setattr(k.resources, "startup_cpu_boost", v),
+            ),
+            _container_field(
+                "ports",
+                [(PORT_NAME, CONTAINER_PORT)],
+                lambda k: [(p.name, p.container_port) for p in k.ports],
+                lambda k, v: setattr(k, "ports", [run_v2.ContainerPort(name=a, container_port=b) for a, b in v]),
+            ),
+            _container_field(
+                f"volume_mounts[{VOLUME}]",
+                CLOUDSQL_MOUNT,
+                lambda k: next((m.mount_path for m in k.volume_mounts if m.name == VOLUME), None),
+                _set_mount,
+            ),
+            _container_field(
+                "startup_probe",
+                run_v2.Probe.to_dict(probe),
+                lambda k: run_v2.Probe.to_dict(k.startup_probe),
+                lambda k, v: setattr(k, "startup_probe", run_v2.Probe(v)),
+            ),
+        ]
+        want_env = self.env(uri)
+        for name in sorted(want_env):
+            owned.append(_container_field(f"env.{name}", want_env[name], _env_reader(name), _env_writer(name)))
+        # Variables of ours (by prefix) the server no longer needs are removed; others' stay.
+        owned.append(
+            _container_field(
+                UNUSED_ENV,
+                [],
+                lambda k: sorted(e.name for e in k.env if e.name.startswith(OUR_ENV) and e.name not in want_env),
+                lambda k, v: _drop_env(k, want_env),
             )
-        container = run_v2.Container(
-            image=self.ctx.fact("image", "uri"),
-            ports=[run_v2.ContainerPort(name=PORT_NAME, container_port=CONTAINER_PORT)],
-            env=env,
-            resources=run_v2.ResourceRequirements(
-                limits={"cpu": c.server.cpu, "memory": c.server.memory}, cpu_idle=True, startup_cpu_boost=True
-            ),
-            volume_mounts=[run_v2.VolumeMount(name="cloudsql", mount_path=CLOUDSQL_MOUNT)],
-            startup_probe=run_v2.Probe(
-                http_get=run_v2.HTTPGetAction(path="/health", port=CONTAINER_PORT),
-                initial_delay_seconds=0,
-                period_seconds=5,
-                timeout_seconds=4,
-                failure_threshold=36,  # 3 minutes: the first start runs the database migrations
-            ),
         )
-        template = run_v2.RevisionTemplate(
-            service_account=n.runtime_account,
-            scaling=run_v2.RevisionScaling(
-                min_instance_count=c.server.min_instances, max_instance_count=c.server.max_instances
-            ),
-            volumes=[
-                run_v2.Volume(
-                    name="cloudsql", cloud_sql_instance=run_v2.CloudSqlInstance(instances=[n.connection_name])
-                )
-            ],
-            containers=[container],
-            labels=n.labels,
-        )
-        return run_v2.Service(
-            labels=n.labels,
-            client="mlflow-gcp",
-            client_version=__version__,
-            ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL,
-            template=template,
-        )
+        return owned
 
     @staticmethod
     def owned(service: Any) -> dict[str, Any]:
-        """The fields we own, in a comparable form."""
-        t = service.template
-        c = t.containers[0] if t.containers else None
-        env: dict[str, str] = {}
-        for e in c.env if c else []:
-            ref = e.value_source.secret_key_ref if e.value_source else None
-            env[e.name] = f"secret:{ref.secret}@{ref.version}" if ref and ref.secret else e.value
-        probe = c.startup_probe.http_get.path if c and c.startup_probe and c.startup_probe.http_get else None
+        """What a service runs, in a comparable form (for test snapshots and rotation's checks)."""
+        k = _container(service)
         return {
-            "image": c.image if c else None,
-            "env": env,
-            "serviceAccount": t.service_account,
-            "scaling.max": t.scaling.max_instance_count,
-            "scaling.min": t.scaling.min_instance_count,
-            "resources": dict(c.resources.limits) if c else {},
-            "cpuIdle": bool(c.resources.cpu_idle) if c else None,
-            "port": (c.ports[0].name, c.ports[0].container_port) if c and c.ports else None,
-            "cloudsql": sorted(i for v in t.volumes if v.cloud_sql_instance for i in v.cloud_sql_instance.instances),
-            "startupProbe": probe,
+            "image": k.image if k else None,
+            "env": {e.name: _env_reader(e.name)(k) for e in k.env} if k else {},
+            "serviceAccount": service.template.service_account,
+            "scaling": (service.template.scaling.min_instance_count, service.template.scaling.max_instance_count),
+            "cloudsql": _cloudsql_instances(service),
             "client": service.client,
         }
 
@@ -167,21 +364,17 @@ class Service(Resource):
 
     def settle(self, actual: Any) -> Any | None:
         """Wait out a rollout or deletion still running (a run that died mid-deploy leaves one going on)."""
-        deadline = time.monotonic() + self.ctx.deadline
-        while actual is not None and actual.reconciling and time.monotonic() < deadline:
-            time.sleep(1.0)
-            actual = self.find()
-        return actual
-
-    def _template_changes(self, actual: Any) -> list[Change]:
-        have, want = self.owned(actual), self.owned(self.desired(actual.uri))
-        changes = [c for k in want for c in field_change(k, have[k], want[k]) if k != "env"]
-        for name in sorted(set(have["env"]) | set(want["env"])):
-            changes += field_change(f"env.{name}", have["env"].get(name), want["env"].get(name))
-        return changes
+        if actual is None or not actual.reconciling:
+            return actual
+        return wait_until(
+            f"the rollout of Cloud Run service {self.ctx.names.service} to finish",
+            self.find,
+            lambda s: s is None or not s.reconciling,
+            self.ctx.deadline,
+        )
 
     def diff(self, actual: Any) -> list[Change]:
-        changes = self._template_changes(actual) + label_changes(actual.labels, self.ctx.names.labels)
+        changes = fields.changes(self.owned_fields(actual.uri), actual)
         if not actual.reconciling and actual.latest_created_revision != actual.latest_ready_revision:
             # Our template, but its revision never became ready: the server is not running what it should.
             created = actual.latest_created_revision.rsplit("/", 1)[-1]
@@ -190,6 +383,7 @@ class Service(Resource):
 
     def create(self) -> Any:
         from google.api_core import exceptions
+        from google.cloud import run_v2
 
         run = self.ctx.clients.run_services
         n = self.ctx.names
@@ -198,7 +392,7 @@ class Service(Resource):
                 "run.services.create",
                 run.create_service,
                 parent=f"projects/{n.project}/locations/{n.region}",
-                service=self.desired(),
+                service=fields.apply(self.owned_fields(), run_v2.Service()),
                 service_id=n.service,
             )
         except exceptions.Conflict:  # created by a run that died before recording it
@@ -209,22 +403,34 @@ class Service(Resource):
         return self._after_deploy(service)
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
+        from google.cloud import run_v2
+
         run = self.ctx.clients.run_services
-        service = self.desired(actual.uri)
-        service.name = self.id()
-        labels = dict(actual.labels)
-        labels.update(service.labels)
-        service.labels = labels
-        fields = {c.field for c in changes}
-        if READY in fields and fields <= {READY, "labels"}:
+        owned = self.owned_fields(actual.uri)
+        paths = {c.field for c in changes}
+        service = run_v2.Service(run_v2.Service.pb(actual).__deepcopy__())
+        fields.apply(owned, service, only=paths)
+        mask = {f.mask or f.path for f in owned if f.path in paths}
+        if READY in paths and not mask - {"labels"}:
             # An unchanged template makes no new revision; an explicit, unused revision name does.
             service.template.revision = f"{self.ctx.names.service}-{secrets.token_hex(3)}"
-        op = self.ctx.api("run.services.update", run.update_service, service=service)
+            mask.add("template.revision")
+        elif service.template.revision and any(m.startswith("template.") for m in mask):
+            # The name a forced revision left in the template would name this new one too, and it is taken
+            # (409): cleared, Cloud Run names the revision.
+            service.template.revision = ""
+            mask.add("template.revision")
+        service.etag = ""  # the mask names what we change; others' concurrent edits elsewhere stay theirs
+        op = self.ctx.api(
+            "run.services.update",
+            run.update_service,
+            request={"service": service, "update_mask": {"paths": sorted(mask)}},
+        )
         return self._after_deploy(self.ctx.wait(op, self.kind))
 
     def _after_deploy(self, service: Any) -> Any:
         """If the server must also accept a host only known now (its URL), roll once more."""
-        changes = self._template_changes(service)
+        changes = [c for c in self.diff(service) if c.field != READY]
         if changes and all(c.field == "env.MLFLOW_GCP_ALLOWED_HOSTS" for c in changes):
             return self.update(service, changes)
         return service

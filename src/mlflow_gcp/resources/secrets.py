@@ -6,8 +6,14 @@ from __future__ import annotations
 import secrets
 from typing import Any, ClassVar
 
+from .. import fields
 from ..engine import Change, Resource
-from ._common import get_or_none, label_changes, merged_labels
+from ..fields import Owned
+from ._common import get_or_none
+
+#: Owned pseudo-fields of a secret: it has an enabled version; that version's value (when configured).
+ENABLED_VERSION = "enabled version"
+VALUE = "value (pinned version)"
 
 
 def generate(kind: str) -> str:
@@ -30,65 +36,78 @@ class Secret(Resource):
     def id(self) -> str:
         return f"projects/{self.ctx.names.project}/secrets/{self.secret_id}"
 
+    def configured(self) -> str | None:
+        """The value the configuration chooses (the admin's name), or None for a generated credential."""
+        return self.ctx.config.server.admin_username if self.secret == "admin-username" else None
+
     def value(self) -> str:
-        if self.secret == "admin-username":
-            return self.ctx.config.server.admin_username
-        return generate(self.secret)
+        return self.configured() or generate(self.secret)
 
     def find(self) -> Any | None:
         sm = self.ctx.clients.secrets
         secret = get_or_none(self.ctx, f"secretmanager.secrets.get {self.secret_id}", sm.get_secret, name=self.id())
-        return None if secret is None else {"secret": secret, "version": self._pinned_version()}
+        if secret is None:
+            return None
+        version = self._pinned_version()
+        found = {"secret": secret, "version": version}
+        if self.configured() is not None and version is not None:
+            found["value"] = read_secret(self.ctx, self.secret, version)
+        return found
 
     def _pinned_version(self) -> str | None:
         """The version the stack uses: the one recorded in state if it is still enabled, else the newest enabled."""
         from google.cloud.secretmanager_v1 import SecretVersion
 
-        sm = self.ctx.clients.secrets
-        versions = list(
-            self.ctx.api(f"secretmanager.versions.list {self.secret_id}", sm.list_secret_versions, parent=self.id())
-        )
-        enabled = {v.name.rsplit("/", 1)[1] for v in versions if v.state == SecretVersion.State.ENABLED}
+        enabled = {v for v, state in self.versions() if state == SecretVersion.State.ENABLED}
         recorded = self.ctx.fact(self.key, "version")
         if recorded in enabled:
             return recorded
         return max(enabled, key=int) if enabled else None
 
-    def diff(self, actual: Any) -> list[Change]:
-        changes = label_changes(actual["secret"].labels, self.ctx.names.labels)
-        if actual["version"] is None:
-            changes.append(Change("enabled version", None, "new"))
-        return changes
+    def owned_fields(self) -> list[Owned]:
+        owned = [
+            Owned(
+                "replication",
+                {"automatic": {}},
+                lambda a: {"automatic": {}} if "automatic" in a["secret"].replication else {"userManaged": {}},
+                mode="refuse",
+                refusal=f"Secret {self.secret_id} exists with user-managed replication; mlflow-gcp makes its "
+                "secrets with automatic replication and never recreates one.",
+                hint="Delete that secret if it is not in use, or choose another name or env.",
+            ),
+            Owned("labels", self.ctx.names.labels, lambda a: dict(a["secret"].labels), mode="labels"),
+            # A secret without an enabled version has nothing for Cloud Run to pin: a new version is added.
+            Owned(ENABLED_VERSION, True, lambda a: a["version"] is not None),
+        ]
+        if (configured := self.configured()) is not None:
+            owned.append(Owned(VALUE, configured, lambda a: a.get("value")))
+        return owned
 
     def create(self) -> Any:
         sm = self.ctx.clients.secrets
+        body = fields.body([f for f in self.owned_fields() if f.path in ("replication", "labels")])
         secret = self.ctx.api(
             f"secretmanager.secrets.create {self.secret_id}",
             sm.create_secret,
-            request={
-                "parent": f"projects/{self.ctx.names.project}",
-                "secret_id": self.secret_id,
-                "secret": {"replication": {"automatic": {}}, "labels": self.ctx.names.labels},
-            },
+            request={"parent": f"projects/{self.ctx.names.project}", "secret_id": self.secret_id, "secret": body},
         )
         return {"secret": secret, "version": self.add_version(self.value())}
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
         sm = self.ctx.clients.secrets
-        fields = {c.field for c in changes}
+        paths = {c.field for c in changes}
         secret = actual["secret"]
-        if "labels" in fields:
+        if "labels" in paths:
+            body = fields.apply(self.owned_fields(), {"name": self.id(), "labels": dict(secret.labels)}, ["labels"])
             secret = self.ctx.api(
                 f"secretmanager.secrets.update {self.secret_id}",
                 sm.update_secret,
-                request={
-                    "secret": {"name": self.id(), "labels": merged_labels(secret.labels, self.ctx.names.labels)},
-                    "update_mask": {"paths": ["labels"]},
-                },
+                request={"secret": body, "update_mask": {"paths": ["labels"]}},
             )
         version = actual["version"]
-        if "enabled version" in fields:
-            version = self.add_version(self.value())
+        if paths & {ENABLED_VERSION, VALUE}:
+            wanted = next((f.desired for f in self.owned_fields() if f.path == VALUE), None)
+            version = self.add_version(wanted if wanted is not None else self.value())
         return {"secret": secret, "version": version}
 
     def add_version(self, value: str) -> str:
@@ -103,6 +122,39 @@ class Secret(Resource):
         )
         self.ctx.secret_values[self.secret] = value
         return version.name.rsplit("/", 1)[1]
+
+    # --- its versions (password rotation adds, reads and retires them one by one) ---------------------------
+
+    def version_name(self, version: str) -> str:
+        return f"{self.id()}/versions/{version}"
+
+    def versions(self) -> list[tuple[str, Any]]:
+        """Every version as (number, SecretVersion.State)."""
+        sm = self.ctx.clients.secrets
+        listed = self.ctx.api(
+            f"secretmanager.versions.list {self.secret_id}", sm.list_secret_versions, parent=self.id()
+        )
+        return [(v.name.rsplit("/", 1)[1], v.state) for v in listed]
+
+    def access(self, version: str) -> str:
+        """The value at an explicit version (or "latest"), always from Secret Manager."""
+        return self._on_version("access", version).payload.data.decode()
+
+    def disable_version(self, version: str) -> None:
+        self._on_version("disable", version)
+
+    def destroy_version(self, version: str) -> None:
+        """Cannot be undone: the value is gone."""
+        self._on_version("destroy", version)
+
+    def _on_version(self, verb: str, version: str) -> Any:
+        """``secretmanager.versions.<verb>`` on one version (the client's ``<verb>_secret_version``)."""
+        sm = self.ctx.clients.secrets
+        return self.ctx.api(
+            f"secretmanager.versions.{verb} {self.secret_id}/{version}",
+            getattr(sm, f"{verb}_secret_version"),
+            name=self.version_name(version),
+        )
 
     def delete(self, actual: Any) -> None:
         sm = self.ctx.clients.secrets
@@ -119,13 +171,12 @@ def read_secret(ctx: Any, secret: str, version: str | None = None) -> str:
     """A secret's value: from this run's memory when we just made it, else from Secret Manager."""
     if secret in ctx.secret_values:
         return ctx.secret_values[secret]
-    sm = ctx.clients.secrets
-    version = version or ctx.fact(f"secret:{secret}", "version") or "latest"
-    name = f"projects/{ctx.names.project}/secrets/{ctx.names.secrets[secret]}/versions/{version}"
-    response = ctx.api(
-        f"secretmanager.versions.access {ctx.names.secrets[secret]}", sm.access_secret_version, name=name
-    )
-    return response.payload.data.decode()
+    return resource(ctx, secret).access(str(version or ctx.fact(f"secret:{secret}", "version") or "latest"))
+
+
+def resource(ctx: Any, secret: str) -> Secret:
+    """The resource of one of Names.secrets, by its name there ("db-password")."""
+    return next(cls for cls in ALL if cls.secret == secret)(ctx)
 
 
 class DbPassword(Secret):
@@ -138,11 +189,15 @@ class DbPassword(Secret):
 class AdminUsername(Secret):
     key = "secret:admin-username"
     secret = "admin-username"
+    # The kept auth database knows the admin by these credentials: they stay with it (a new pair after
+    # `down` would lock the admin out of the kept data).
+    holds_data = True
 
 
 class AdminPassword(Secret):
     key = "secret:admin-password"
     secret = "admin-password"
+    holds_data = True
 
 
 class FlaskSecretKey(Secret):

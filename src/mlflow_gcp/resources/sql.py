@@ -5,30 +5,37 @@ instance while one runs (operationInProgress), so the database and user steps ru
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from .. import fields
 from ..engine import Change, Resource
 from ..errors import MlflowGcpError
+from ..fields import Owned, reader
 from ..retry import http_status
-from ._common import field_change, get_or_none, label_changes, merged_labels
+from ._common import get_or_none, wait_until
 
 SSL_MODE = "ENCRYPTED_ONLY"
+BACKUP = "settings.backupConfiguration"
+IP = "settings.ipConfiguration"
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def wait_operation(ctx: Any, op: dict[str, Any], what: str, timeout: float | None = None) -> dict[str, Any]:
-    """Poll a sql#operation to DONE with backoff; its errors become one clear exception."""
+    """Poll a sql#operation to DONE with api-core's backoff; its errors become one clear exception."""
     sql = ctx.clients.sqladmin
-    deadline = time.monotonic() + (timeout or ctx.deadline)
-    delay = 0.2
-    while op.get("status") != "DONE":
-        if time.monotonic() > deadline:
-            raise MlflowGcpError(f"{what} did not finish in time (operation {op.get('name')}); run the command again.")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 10.0)
-        op = ctx.api(
-            "sqladmin.operations.get",
-            sql.operations().get(project=ctx.names.project, operation=op["name"]).execute,
+    if op.get("status") != "DONE":
+        # Cloud SQL answers a database or user call already DONE (recorded: tests/golden/recordings/sql-*.log).
+        op = wait_until(
+            f"{what} (operation {op.get('name')})",
+            lambda: ctx.api(
+                "sqladmin.operations.get",
+                sql.operations().get(project=ctx.names.project, operation=op["name"]).execute,
+            ),
+            lambda polled: polled.get("status") == "DONE",
+            timeout or ctx.deadline,
         )
     errors = (op.get("error") or {}).get("errors") or []
     if errors:
@@ -74,74 +81,62 @@ class Instance(Resource):
             self.ctx, "sqladmin.instances.get", sql.instances().get(project=n.project, instance=n.instance)
         )
 
-    def desired_settings(self) -> dict[str, Any]:
-        db = self.ctx.config.database
-        return {
-            "tier": db.tier,
-            # PostgreSQL 16+ defaults to ENTERPRISE_PLUS, which rejects the small tiers: say it explicitly.
-            "edition": "ENTERPRISE",
-            "availabilityType": "ZONAL",
-            "dataDiskSizeGb": str(db.disk_size_gb),
-            "dataDiskType": db.disk_type,
-            "storageAutoResize": True,
-            "deletionProtectionEnabled": db.deletion_protection,
-            "backupConfiguration": {
-                "enabled": db.backups,
-                "pointInTimeRecoveryEnabled": db.backups and db.point_in_time_recovery,
-                "transactionLogRetentionDays": db.log_retention_days,
-                "startTime": "03:00",
-            },
-            "ipConfiguration": {
-                "ipv4Enabled": True,
-                "sslMode": SSL_MODE,
-                "authorizedNetworks": [
-                    {"name": f"mlflow-gcp-{i}", "value": cidr} for i, cidr in enumerate(db.authorized_networks)
-                ],
-            },
-            "userLabels": self.ctx.names.labels,
-        }
+    def owned_fields(self) -> list[Owned]:
+        db, n = self.ctx.config.database, self.ctx.names
 
-    def diff(self, actual: Any) -> list[Change]:
-        want = self.desired_settings()
-        have = actual.get("settings", {})
-        backup, want_backup = have.get("backupConfiguration", {}), want["backupConfiguration"]
-        ip, want_ip = have.get("ipConfiguration", {}), want["ipConfiguration"]
-        changes = [
-            *field_change("databaseVersion", actual.get("databaseVersion"), self.ctx.config.database.version),
-            *field_change("settings.tier", have.get("tier"), want["tier"]),
-            *field_change("settings.edition", have.get("edition"), want["edition"]),
-            *field_change(
-                "settings.deletionProtectionEnabled",
-                bool(have.get("deletionProtectionEnabled")),
-                want["deletionProtectionEnabled"],
+        def field(path: str, desired: Any, **kw: Any) -> Owned:
+            return Owned(path, desired, reader(path), **kw)
+
+        never = "mlflow-gcp never recreates a database."
+        return [
+            field(
+                "region",
+                n.region,
+                mode="refuse",
+                refusal=f"The Cloud SQL instance {n.instance} is in another region than {n.region}; {never}",
+                hint="Set region to match, or use another env.",
             ),
-            *field_change("backupConfiguration.enabled", bool(backup.get("enabled")), want_backup["enabled"]),
-            *field_change(
-                "backupConfiguration.pointInTimeRecoveryEnabled",
-                bool(backup.get("pointInTimeRecoveryEnabled")),
-                want_backup["pointInTimeRecoveryEnabled"],
+            field(
+                "databaseVersion",
+                db.version,
+                mode="refuse",
+                refusal=f"The Cloud SQL instance runs another PostgreSQL version than {db.version}; {never}",
+                hint="Upgrade it in place with `gcloud sql instances patch --database-version` after a backup, "
+                "or set database.version to match.",
             ),
-            *field_change("ipConfiguration.sslMode", ip.get("sslMode"), want_ip["sslMode"]),
-            *field_change(
-                "ipConfiguration.authorizedNetworks",
-                sorted(n.get("value") for n in ip.get("authorizedNetworks", [])),
-                sorted(n["value"] for n in want_ip["authorizedNetworks"]),
+            field("settings.tier", db.tier),
+            # PostgreSQL 16+ defaults to ENTERPRISE_PLUS, which rejects the small tiers: say it explicitly.
+            field("settings.edition", "ENTERPRISE"),
+            field("settings.availabilityType", "ZONAL"),
+            field("settings.dataDiskSizeGb", str(db.disk_size_gb), mode="grow_only", normalize=_int),
+            field(
+                "settings.dataDiskType",
+                db.disk_type,
+                mode="refuse",
+                refusal=f"The Cloud SQL instance's disk is not {db.disk_type}; a disk type is chosen at "
+                f"creation. {never}",
+                hint="Set database.disk_type to match.",
             ),
-            *label_changes(have.get("userLabels"), self.ctx.names.labels, "settings.userLabels"),
+            field("settings.storageAutoResize", True, normalize=bool),
+            field("settings.deletionProtectionEnabled", db.deletion_protection, normalize=bool),
+            field(f"{BACKUP}.enabled", db.backups, normalize=bool),
+            field(f"{BACKUP}.pointInTimeRecoveryEnabled", db.backups and db.point_in_time_recovery, normalize=bool),
+            field(f"{BACKUP}.transactionLogRetentionDays", db.log_retention_days),
+            field(f"{BACKUP}.startTime", "03:00"),
+            field(f"{IP}.ipv4Enabled", True, normalize=bool),
+            field(f"{IP}.sslMode", SSL_MODE),
+            field(
+                f"{IP}.authorizedNetworks",
+                [{"name": f"mlflow-gcp-{i}", "value": cidr} for i, cidr in enumerate(db.authorized_networks)],
+                normalize=lambda nets: sorted(net.get("value") for net in nets or []),
+            ),
+            field("settings.userLabels", n.labels, mode="labels"),
         ]
-        if int(have.get("dataDiskSizeGb", 0)) < self.ctx.config.database.disk_size_gb:
-            changes.append(Change("settings.dataDiskSizeGb", have.get("dataDiskSizeGb"), want["dataDiskSizeGb"]))
-        return changes
 
     def create(self) -> Any:
         sql = self.ctx.clients.sqladmin
         n = self.ctx.names
-        body = {
-            "name": n.instance,
-            "region": n.region,
-            "databaseVersion": self.ctx.config.database.version,
-            "settings": self.desired_settings(),
-        }
+        body = {"name": n.instance, **fields.body(self.owned_fields())}
         from googleapiclient.errors import HttpError
 
         try:
@@ -163,36 +158,34 @@ class Instance(Resource):
 
     def settle(self, actual: Any) -> Any | None:
         """Wait out an instance still being created (a run that died mid-create leaves one PENDING_CREATE)."""
-        deadline = time.monotonic() + max(self.ctx.deadline, 2400)
-        while actual is not None and actual.get("state") in ("PENDING_CREATE", "MAINTENANCE"):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(2)
-            actual = self.find()
-        return actual
+        busy = ("PENDING_CREATE", "MAINTENANCE")
+        if actual is None or actual.get("state") not in busy:
+            return actual
+        return wait_until(
+            f"Cloud SQL instance {self.ctx.names.instance} to leave {actual.get('state')}",
+            self.find,
+            lambda i: i is None or i.get("state") not in busy,
+            max(self.ctx.deadline, 2400),
+        )
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
-        fields = {c.field for c in changes}
-        if "databaseVersion" in fields:
-            raise MlflowGcpError(
-                f"The Cloud SQL instance runs {actual.get('databaseVersion')}, the configuration says "
-                f"{self.ctx.config.database.version}. mlflow-gcp never recreates a database.",
-                hint="Upgrade it in place with `gcloud sql instances patch --database-version` after a backup, "
-                "or set database.version to match.",
-            )
-        want = self.desired_settings()
-        settings: dict[str, Any] = {"settingsVersion": actual["settings"]["settingsVersion"]}
-        for change in changes:
-            top = change.field.split(".")[0] if not change.field.startswith("settings.") else change.field.split(".")[1]
-            source = {"backupConfiguration": "backupConfiguration", "ipConfiguration": "ipConfiguration"}.get(top, top)
-            settings[source] = want[source]
-        if "userLabels" in settings:
-            settings["userLabels"] = merged_labels(actual["settings"].get("userLabels"), self.ctx.names.labels)
+        owned = self.owned_fields()
+        paths = {c.field for c in changes}
+        # A patch replaces a nested settings object whole: send all we own of each one touched.
+        for group in (BACKUP, IP):
+            if any(p.startswith(group + ".") for p in paths):
+                paths |= {f.path for f in owned if f.path.startswith(group + ".")}
+        body = fields.apply(
+            owned, {"settings": {"userLabels": dict(fields.get(actual, "settings.userLabels") or {})}}, only=paths
+        )
+        if "settings.userLabels" not in paths:
+            body["settings"].pop("userLabels")
+        body["settings"]["settingsVersion"] = actual["settings"]["settingsVersion"]
         sql = self.ctx.clients.sqladmin
         n = self.ctx.names
         op = self.ctx.api(
             "sqladmin.instances.patch",
-            sql.instances().patch(project=n.project, instance=n.instance, body={"settings": settings}).execute,
+            sql.instances().patch(project=n.project, instance=n.instance, body=body).execute,
         )
         wait_operation(self.ctx, op, f"Updating Cloud SQL instance {n.instance}")
         return self.find()
@@ -248,10 +241,24 @@ class Database(Resource):
             on_instance=True,
         )
 
+    def owned_fields(self) -> list[Owned]:
+        return [
+            Owned(
+                name,
+                value,
+                reader(name),
+                mode="refuse",
+                refusal=f"Database {self.database} has {name} other than {value}; mlflow-gcp never recreates a "
+                "database.",
+                hint="Keep the database as it is: MLflow works with it only as created.",
+            )
+            for name, value in (("charset", "UTF8"), ("collation", "en_US.UTF8"))
+        ]
+
     def create(self) -> Any:
         sql = self.ctx.clients.sqladmin
         n = self.ctx.names
-        body = {"name": self.database, "charset": "UTF8", "collation": "en_US.UTF8"}
+        body = {"name": self.database, **fields.body(self.owned_fields())}
         op = self.ctx.api(
             f"sqladmin.databases.insert {self.database}",
             sql.databases().insert(project=n.project, instance=n.instance, body=body).execute,
@@ -293,8 +300,17 @@ class _LoginRole(Resource):
     holds_data = True
     deleted_with = "sql:instance"
 
+    def __init__(self, ctx: Any, user: str | None = None) -> None:
+        """``user`` names the role explicitly (password rotation addresses both roles by name: which one is active
+        flips when it commits); without it, the role this step stands for now."""
+        super().__init__(ctx)
+        self._user = user
+
     @property
     def user(self) -> str:
+        return self._user or self._current()
+
+    def _current(self) -> str:
         raise NotImplementedError
 
     def id(self) -> str:
@@ -322,11 +338,24 @@ class _LoginRole(Resource):
     def find(self) -> Any | None:
         sql = self.ctx.clients.sqladmin
         n = self.ctx.names
-        listed = self.ctx.api("sqladmin.users.list", sql.users().list(project=n.project, instance=n.instance).execute)
+        # Cloud SQL answers 403 (not 404) for the users of an instance that does not exist: absent, like databases.
+        request = sql.users().list(project=n.project, instance=n.instance)
+        listed = _get_or_none(self.ctx, "sqladmin.users.list", request, on_instance=True) or {}
         for user in listed.get("items", []):
             if user.get("name") == self.user:
                 return user
         return None
+
+    def set_password(self, password: str) -> None:
+        """``users.update`` (a Cloud SQL operation, waited for). PostgreSQL keeps one password per role."""
+        sql = self.ctx.clients.sqladmin
+        n = self.ctx.names
+        body = {"name": self.user, "password": password}
+        op = self.ctx.api(
+            f"sqladmin.users.update {self.user}",
+            sql.users().update(project=n.project, instance=n.instance, name=self.user, body=body).execute,
+        )
+        wait_operation(self.ctx, op, f"Setting the password of database user {self.user}")
 
     def delete(self, actual: Any) -> None:
         sql = self.ctx.clients.sqladmin
@@ -338,19 +367,6 @@ class _LoginRole(Resource):
         wait_operation(self.ctx, op, f"Deleting database user {self.user}")
 
 
-def set_user_password(ctx: Any, user: str, password: str) -> None:
-    """``users.update`` (a Cloud SQL operation, waited for). PostgreSQL keeps one password per role."""
-    sql = ctx.clients.sqladmin
-    n = ctx.names
-    op = ctx.api(
-        f"sqladmin.users.update {user}",
-        sql.users()
-        .update(project=n.project, instance=n.instance, name=user, body={"name": user, "password": password})
-        .execute,
-    )
-    wait_operation(ctx, op, f"Setting the password of database user {user}")
-
-
 class User(_LoginRole):
     """The login role the server uses; its password comes from the db-password secret's pinned version, and is
     set again whenever that version changes."""
@@ -358,19 +374,34 @@ class User(_LoginRole):
     key = "sql:user"
     depends_on = ("sql:instance", "sql:db-auth", "secret:db-password")
 
-    @property
-    def user(self) -> str:
+    def __init__(self, ctx: Any, user: str | None = None, password_version: str | None = None) -> None:
+        """Explicit ``user`` and ``password_version``: the role a rotation makes the active one, with its new
+        password's version; without them, what the state and this run say."""
+        super().__init__(ctx, user)
+        self._password_version = password_version
+
+    def _current(self) -> str:
         return active_db_user(self.ctx)
 
-    def diff(self, actual: Any) -> list[Change]:
-        pinned = self.ctx.fact("secret:db-password", "version")
-        applied = self.ctx.fact(self.key, "password_version")
-        return field_change("password (secret version)", applied, pinned)
+    @property
+    def password_version(self) -> Any:
+        """The db-password secret's version that holds this role's password."""
+        return self._password_version or self.ctx.fact("secret:db-password", "version")
+
+    def owned_fields(self) -> list[Owned]:
+        # Cloud SQL never shows a password: the version last set is what this step recorded.
+        return [
+            Owned(
+                "password (secret version)",
+                self.password_version,
+                lambda _: self.ctx.fact(self.key, "password_version"),
+            )
+        ]
 
     def _password(self) -> str:
         from .secrets import read_secret
 
-        return read_secret(self.ctx, "db-password", self.ctx.fact("secret:db-password", "version"))
+        return read_secret(self.ctx, "db-password", self.password_version)
 
     def create(self) -> Any:
         if not self._insert(self._password()):
@@ -378,11 +409,11 @@ class User(_LoginRole):
         return self.find()
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
-        set_user_password(self.ctx, self.user, self._password())
+        self.set_password(self._password())
         return self.find()
 
     def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "user": self.user, "password_version": self.ctx.fact("secret:db-password", "version")}
+        return {"id": self.id(), "user": self.user, "password_version": self.password_version}
 
 
 class StandbyUser(_LoginRole):
@@ -394,8 +425,7 @@ class StandbyUser(_LoginRole):
     # One operation at a time per instance: after the active user.
     depends_on = ("sql:instance", "sql:user")
 
-    @property
-    def user(self) -> str:
+    def _current(self) -> str:
         active = active_db_user(self.ctx)
         return next(u for u in self.ctx.names.db_users if u != active)
 

@@ -261,11 +261,17 @@ class CloudRunApi(Rollout, Launch, Traffic, SecretEnv, CloudSqlLinks, Invoker, W
         template.setdefault("maxInstanceRequestConcurrency", 80)
         containers = template["containers"]
         for c in containers:
+            given = "resources" in c
             resources = c.setdefault("resources", {})
             limits = resources.setdefault("limits", {})
             limits.setdefault("cpu", "1000m")
             limits.setdefault("memory", "512Mi")
-            resources.setdefault("cpuIdle", True)
+            # "cpuIdle: true by default. However, if ResourceRequirements is set, the caller must explicitly set
+            # this field to true to preserve the default behavior" (Cloud Run Admin v2 reference,
+            # ResourceRequirements); proto3 JSON leaves a false one out, so absent means false then.
+            # recorded: tests/golden/recordings/run-service.tf.yaml (no resources sent: cpuIdle true)
+            if not given:
+                resources.setdefault("cpuIdle", True)
         _, c = _ingress(containers)
         ports = c.get("ports") or [{}]
         ports[0].setdefault("name", "http1")

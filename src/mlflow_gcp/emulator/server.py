@@ -86,7 +86,7 @@ class EmulatorApp:
         return None
 
     def dispatch(self, request: Request, environ: dict[str, Any]) -> Response:
-        started = time.monotonic()
+        started, arrived = time.monotonic(), time.time()
         world = self.world
         api, route_name, mutating = "", "", False
         style = "both"
@@ -111,9 +111,10 @@ class EmulatorApp:
             response = self._to_response(result)
         except GcpError as err:
             response = error_response(err, style)
-        action = world.control.count_mutation() if mutating and route_name else None
+        ordinal, action = world.control.count_mutation() if mutating and route_name else (None, None)
         world.control.record(
             {
+                "started_at": round(arrived, 6),
                 "api": api,
                 "route": route_name,
                 "method": request.method,
@@ -121,7 +122,9 @@ class EmulatorApp:
                 "status": response.status_code,
                 "mutating": mutating,
                 "latency_ms": round((time.monotonic() - started) * 1000, 2),
-                # The request after which the kill rule acted ("kill" or "drop"), so a test can prove where.
+                # While a kill rule is set: the mutation's ordinal, and where the rule acted ("kill" or "drop"),
+                # so a test can prove exactly after which request a process died.
+                **({"mutation": ordinal} if ordinal else {}),
                 **({"kill": action} if action else {}),
             }
         )

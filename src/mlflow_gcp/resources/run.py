@@ -411,11 +411,12 @@ class Service(Resource):
         service = run_v2.Service(run_v2.Service.pb(actual).__deepcopy__())
         fields.apply(owned, service, only=paths)
         mask = {f.mask or f.path for f in owned if f.path in paths}
-        if READY in paths and not mask - {"labels"}:
+        new_template = any(m.startswith("template.") for m in mask)
+        if READY in paths and not new_template:
             # An unchanged template makes no new revision; an explicit, unused revision name does.
             service.template.revision = f"{self.ctx.names.service}-{secrets.token_hex(3)}"
             mask.add("template.revision")
-        elif service.template.revision and any(m.startswith("template.") for m in mask):
+        elif service.template.revision and new_template:
             # The name a forced revision left in the template would name this new one too, and it is taken
             # (409): cleared, Cloud Run names the revision.
             service.template.revision = ""

@@ -134,15 +134,17 @@ class Control:
         status, message = messages[code]
         return GcpError(code, message, status)
 
-    def count_mutation(self) -> Literal["kill", "drop"] | None:
-        """Count a mutating request; say what to do if it is the one the kill rule names."""
+    def count_mutation(self) -> tuple[int | None, Literal["kill", "drop"] | None]:
+        """Count a mutating request while a kill rule is set: its ordinal since the rule was set, and what to do
+        if it is the one the rule names."""
         with self._lock:
             s = self.settings
             if s.kill_after_mutations is None:
-                return None
+                return None, None
             self._mutations += 1
-            if self._mutations != s.kill_after_mutations:
-                return None
+            ordinal = self._mutations
+            if ordinal != s.kill_after_mutations:
+                return ordinal, None
             action = s.kill_action
             if action == "kill" and s.kill_pid:
                 try:
@@ -150,7 +152,7 @@ class Control:
                 except ProcessLookupError:
                     pass
             self.settings = Settings.model_validate({**s.model_dump(), "kill_after_mutations": None})
-            return action
+            return ordinal, action
 
     def record(self, entry: dict[str, Any]) -> None:
         entry["ts"] = time.time()

@@ -46,3 +46,15 @@ def test_a_second_up_on_the_same_environment_is_refused(cli: Cli, admin):
         first.wait()
     finally:
         admin.settings(latency_profile="instant")
+
+
+def test_a_prebuilt_image_that_is_not_in_artifact_registry_is_refused(cli: Cli, admin, clients):
+    from tests.conftest import enable
+
+    enable(clients, cli.project, "artifactregistry.googleapis.com")
+    image = f"us-central1-docker.pkg.dev/{cli.project}/mlflow/server:missing"
+    start = len(admin.requests())
+    result = cli("up", "--dry-run", "--image", image, check=False)
+    assert result.code == ExitCode.CONFIG, result.stderr
+    assert f"The image {image} is not in Artifact Registry" in result.stderr and "Traceback" not in result.stderr
+    assert [e for e in admin.requests(start) if e["mutating"]] == []

@@ -175,3 +175,22 @@ def test_a_standing_resource_is_never_created(tmp_path):
         run(tmp_path, [Policy])
     failure = err.value.failures["policy"]
     assert isinstance(failure, MlflowGcpError) and "which is gone" in str(failure)
+
+
+def test_a_refused_change_stops_before_any_update(tmp_path):
+    from mlflow_gcp.errors import MlflowGcpError
+    from mlflow_gcp.fields import Owned
+
+    class Bucket(make("bucket")):  # type: ignore[misc]
+        diff = Resource.diff  # derived from the owned fields, as in every real resource
+
+        def owned_fields(self) -> list[Owned]:
+            return [Owned("location", "EU", lambda b: b["location"], mode="refuse", refusal="a bucket cannot move",
+                          hint="Set artifacts.location to match.")]  # fmt: skip
+
+    WORLD.things["bucket"] = {"size": 1, "location": "US"}
+    with pytest.raises(StepFailed) as err:
+        run(tmp_path, [Bucket])
+    failure = err.value.failures["bucket"]
+    assert isinstance(failure, MlflowGcpError) and str(failure).startswith("a bucket cannot move")
+    assert failure.hint == "Set artifacts.location to match." and WORLD.calls == []

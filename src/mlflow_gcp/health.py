@@ -68,7 +68,7 @@ def require_serving(ctx: Any, url: str, what: str, timeout: float = 10.0) -> Hea
     """``serving``, given a few seconds for a revision that just took traffic; an error naming what failed
     otherwise. Only a server that answers the handed-out credentials is done."""
     from .errors import ExitCode, MlflowGcpError
-    from .resources._common import wait_until
+    from .retry import wait_until
 
     last: list[Health] = []
 

@@ -21,28 +21,3 @@ def get_or_none(ctx: Any, what: str, fn: Callable[..., Any], *args: Any, **kwarg
         if is_not_found(exc):
             return None
         raise
-
-
-def wait_until(what: str, poll: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
-    """Poll with google-api-core's exponential backoff until ``done(value)``; never give up silently: past
-    ``timeout`` it fails naming what it waited for and how long."""
-    import time
-
-    from google.api_core.retry import exponential_sleep_generator
-
-    from ..errors import MlflowGcpError
-
-    started = time.monotonic()
-    delays = exponential_sleep_generator(initial=0.5, maximum=10.0)
-    value = poll()
-    while not done(value):
-        delay = next(delays)
-        waited = time.monotonic() - started
-        if waited + delay > timeout:
-            raise MlflowGcpError(
-                f"Gave up waiting for {what} after {waited:.0f}s.",
-                hint="It may still finish: run the command again, it picks up where this one stopped.",
-            )
-        time.sleep(delay)
-        value = poll()
-    return value

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 from .. import __version__, fields
 from ..engine import Change, Resource
 from ..fields import Owned
+from ..retry import wait_until
 from ..tiers import max_connections
-from ._common import get_or_none, wait_until
+from ._common import get_or_none
 
 CONTAINER_PORT = 8080
 # End-to-end HTTP/2: lifts Cloud Run's 32 MiB limit on HTTP/1 request bodies, so large model artifacts upload.

@@ -11,8 +11,8 @@ from .. import fields
 from ..engine import Change, Resource
 from ..errors import MlflowGcpError
 from ..fields import Owned, reader
-from ..retry import http_status
-from ._common import get_or_none, wait_until
+from ..retry import http_status, wait_until
+from ._common import get_or_none
 
 SSL_MODE = "ENCRYPTED_ONLY"
 BACKUP = "settings.backupConfiguration"

@@ -1,8 +1,8 @@
 """Wall time and API calls of `mlflow-gcp up --local` from nothing, and of the no-op `up` after it.
 
-    .venv/bin/python benchmarks/up_local.py [--profile instant|realistic] [--time-scale 0.01]
+    .venv/bin/python benchmarks/up_local.py [--profile instant|realistic] [--time-scale 0.01] [--builder docker]
 
-Runs its own emulator on a fresh data directory; prints one line per run.
+Runs its own emulator on a fresh data directory; prints one line per run, and the calls of each run by API.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from mlflow_gcp.emulator.server import Emulator
@@ -26,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="instant", choices=["instant", "realistic"])
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--builder", default="docker", choices=["docker", "cloudbuild"])
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="mgb-", dir="/tmp"))
     state = Path(tempfile.mkdtemp(prefix="mgb-state-"))
@@ -33,7 +35,7 @@ def main() -> None:
     admin = EmulatorAdmin(emulator.base_url)
     admin.settings(latency_profile=args.profile, time_scale=args.time_scale)
     env = {**os.environ, "MLFLOW_GCP_EMULATOR_URL": emulator.base_url, "CI": "1"}
-    argv = [sys.executable, "-m", "mlflow_gcp", "up", "--local", "--state", str(state)]
+    argv = [sys.executable, "-m", "mlflow_gcp", "up", "--local", "--state", str(state), "--builder", args.builder]
     try:
         for label in ("cold up", "no-op up"):
             start_seq = len(admin.requests())
@@ -45,9 +47,11 @@ def main() -> None:
             log = admin.requests(start_seq)
             mutating = sum(e["mutating"] for e in log)
             print(
-                f"{label:<9} profile={args.profile} scale={args.time_scale}: {seconds:6.1f} s, "
+                f"{label:<9} builder={args.builder} profile={args.profile} scale={args.time_scale}: {seconds:6.1f} s, "
                 f"{len(log)} API calls ({mutating} mutating)"
             )
+            by_api = Counter(e["api"] for e in log)
+            print("          by API: " + ", ".join(f"{api} {n}" for api, n in sorted(by_api.items())))
     finally:
         emulator.stop()
         shutil.rmtree(data, ignore_errors=True)

@@ -112,6 +112,12 @@ class Clients:
         return self._cached("_rev", lambda: self._gapic(run_v2.RevisionsClient, "run"))
 
     @property
+    def cloud_build(self) -> Any:
+        from google.cloud.devtools import cloudbuild_v1
+
+        return self._cached("_cb", lambda: self._gapic(cloudbuild_v1.CloudBuildClient, "cloudbuild"))
+
+    @property
     def storage(self) -> Any:
         from google.cloud import storage
 
@@ -147,6 +153,25 @@ class Clients:
     @property
     def iam(self) -> Any:
         return self._discovery("iam", "v1")
+
+    @property
+    def logging(self) -> Any:
+        return self._discovery("logging", "v2")
+
+    def docker_answers(self) -> bool:
+        """Whether a Docker daemon answers a ping (DOCKER_HOST or the default socket; the emulator's own endpoint
+        in local mode), without the wait of a build's long timeout."""
+        import docker
+
+        try:
+            client = (
+                docker.DockerClient(base_url=self.emulator_url.replace("http://", "tcp://"), timeout=5)
+                if self.local
+                else docker.from_env(timeout=5)
+            )
+            return bool(client.ping())
+        except Exception:  # no socket, refused, not a daemon: all mean "no Docker here"
+            return False
 
     def docker(self) -> Any:
         import docker

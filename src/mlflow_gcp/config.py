@@ -96,8 +96,11 @@ class DatabaseConfig(_Section):
 
 
 class ServerConfig(_Section):
-    #: A prebuilt server image; by default mlflow-gcp builds docker/ and pushes it to Artifact Registry.
+    #: A prebuilt server image; by default mlflow-gcp builds the image it ships and pushes it to Artifact Registry.
     image: str | None = None
+    #: How the image is built: "docker" (a local daemon), "cloudbuild" (remotely, no local Docker), or "auto":
+    #: docker when a daemon answers, else Cloud Build.
+    builder: Literal["auto", "docker", "cloudbuild"] = "auto"
     max_instances: int = Field(10, ge=1, le=100)
     min_instances: int = Field(0, ge=0, le=100)
     cpu: Literal["1", "2", "4"] = "1"

@@ -4,6 +4,7 @@ the secret values generated in this run (memory only), and the API-call log for 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,21 @@ class Context:
         self.secret_values: dict[str, str] = {}
         #: Set once the APIs step saw every service enabled: later SERVICE_DISABLED answers are propagation delay.
         self.services_enabled = False
+        #: How the server image is built this run (builds.resolve): prebuilt, docker or cloudbuild, and why.
+        self.builder: str | None = None
+        self.builder_reason = ""
+        #: When this run last granted a role to a member (time.monotonic()), for waiting out IAM propagation.
+        self._granted_at: dict[str, float] = {}
+
+    def granted(self, member: str) -> None:
+        with self._lock:
+            self._granted_at[member] = time.monotonic()
+
+    def seconds_since_grant(self, member: str) -> float | None:
+        """Seconds since this run granted ``member`` a role; None if it granted it none."""
+        with self._lock:
+            at = self._granted_at.get(member)
+        return None if at is None else time.monotonic() - at
 
     def publish(self, key: str, facts: dict[str, Any]) -> None:
         with self._lock:

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 MANAGED_BY = "mlflow-gcp"
 
 # Services `up` enables, in one batchEnable call (the API takes at most 20).
+BUILD_SERVICES = (
+    "cloudbuild.googleapis.com",
+    # Cloud Build writes the build's log there (CLOUD_LOGGING_ONLY); a failed build's last lines are read back.
+    "logging.googleapis.com",
+)
 SERVICES = (
     "artifactregistry.googleapis.com",
     "cloudresourcemanager.googleapis.com",
@@ -94,6 +99,19 @@ class Names:
     @property
     def runtime_account(self) -> str:
         return f"{self.runtime_account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def build_account_id(self) -> str:
+        return f"{self.prefix}-build"
+
+    @property
+    def build_account(self) -> str:
+        return f"{self.build_account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def build_bucket(self) -> str:
+        """Where Cloud Build's source archives are staged (a bucket of their own, so a lifecycle rule can empty it)."""
+        return f"{self.bucket}-build"
 
     @property
     def client_account_id(self) -> str:

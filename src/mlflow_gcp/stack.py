@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .resources import apis, bucket, client_key, iam, image, registry, run, secrets, service_accounts, sql
+from . import builds
+from .resources import apis, bucket, build, client_key, iam, image, registry, run, secrets, service_accounts, sql
 
 if TYPE_CHECKING:
     from .context import Context
@@ -32,6 +33,8 @@ def resources(ctx: Context, *, removing: bool = False) -> list[Step]:
         run.Service,
         iam.PublicInvoker,
     ]
+    if removing or builds.resolve(ctx) == "cloudbuild":
+        classes += list(build.ALL)
     if removing or ctx.config.create_client_key:
         classes += [client_key.ClientAccount, client_key.ClientKey]
     return [cls(ctx) for cls in classes]

@@ -37,11 +37,17 @@ class Cli:
     state_dir: Path
     env: dict[str, str]
     transcript: list[str]
+    #: How the tool is run: from this checkout by default; tests/e2e/test_wheel.py runs an installed wheel.
+    command: tuple[str, ...] = (sys.executable, "-m", "mlflow_gcp")
+    cwd: Path = REPO
+
+    def argv(self, args: tuple[str, ...]) -> list[str]:
+        return [*self.command, *args, "--local", "--project", self.project, "--state", str(self.state_dir)]
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> Result:
-        argv = [sys.executable, "-m", "mlflow_gcp", *args, "--local", "--project", self.project,
-                "--state", str(self.state_dir)]  # fmt: skip
-        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(
+            self.argv(args), capture_output=True, text=True, env=self.env, timeout=timeout, cwd=self.cwd
+        )
         self.transcript += [proc.stdout, proc.stderr]
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
@@ -49,9 +55,9 @@ class Cli:
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "mlflow_gcp", *args, "--local", "--project", self.project,
-                "--state", str(self.state_dir)]  # fmt: skip
-        return subprocess.Popen(argv, env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.argv(args), env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
 
 def make_cli(emulator: Emulator, tmp_path: Path) -> Cli:

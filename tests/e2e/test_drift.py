@@ -52,6 +52,7 @@ OTHER_VALUE: dict[str, Any] = {
     "container.resources.limits": {"cpu": "2", "memory": "2Gi"},
     "container.ports": [("http1", 8080)],
     "container.startup_probe": {"tcp_socket": {"port": 8080}, "period_seconds": 10},
+    "lifecycle.rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}],
 }
 # The server must keep serving through the walk: changes that would stop it are walked with the slow sweep only.
 STOPS_THE_SERVER = (
@@ -144,7 +145,8 @@ def _drift(resource: Any, f: Owned) -> None:
 @pytest.fixture(scope="module")
 def deployed(emulator, tmp_path_factory) -> Cli:
     cli = make_cli(emulator, tmp_path_factory.mktemp("drift"))
-    cli("up")
+    # With Cloud Build, so that its staging bucket and build account are walked too (later runs keep the builder).
+    cli("up", "--builder", "cloudbuild")
     return cli
 
 

@@ -103,7 +103,7 @@ def test_mlflow_on_cloud_run_provisioned_by_hand(clients, project, tmp_path, mon
     ).result(timeout=60)
     image = f"{REGION}-docker.pkg.dev/{project}/mlflow/server"
     docker = clients.docker()
-    docker.images.build(path=str(REPO / "docker"), tag=f"{image}:v1")
+    docker.images.build(path=str(REPO / "src" / "mlflow_gcp" / "server_image"), tag=f"{image}:v1")
     pushed = list(
         docker.images.push(image, tag="v1", auth_config={"username": "oauth2accesstoken", "password": "t"},
                            stream=True, decode=True)

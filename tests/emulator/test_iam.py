@@ -221,3 +221,38 @@ def test_deleted_account_stays_in_policies_as_deleted(clients, enabled_project, 
         m for b in requests.post(f"{url}:getIamPolicy", json={}, timeout=5).json()["bindings"] for m in b["members"]
     }
     assert member not in members
+
+
+def test_account_deletion_and_policy_writes_take_their_locks_in_one_order(emulator, enabled_project):
+    """Deleting an account rewrites every policy while it holds the store's lock (serviceAccounts.delete), and a
+    policy write holds the policies' lock while it stores (setIamPolicy). When those were two locks, taken in
+    opposite orders, the emulator hung (seen in a `down`). Here both paths hold their first lock at once (a
+    barrier; it gives up after a second when the first locks are one and the same) and each must finish."""
+    import threading
+
+    world = emulator.world
+    barrier = threading.Barrier(2, timeout=1)
+    resource = f"projects/{enabled_project}"
+
+    def meet() -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass  # the other path waits for this one's lock: there is no way to deadlock
+
+    def deleting() -> None:
+        with world.store.lock:
+            meet()
+            world.iam.principal_deleted("serviceAccount:gone@example.iam.gserviceaccount.com", "1")
+
+    def writing() -> None:
+        with world.iam._lock:
+            meet()
+            world.iam.set(resource, world.iam.get(resource))
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (deleting, writing)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=15)
+    assert not any(t.is_alive() for t in threads), "the emulator deadlocked"

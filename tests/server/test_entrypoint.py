@@ -36,7 +36,7 @@ from mlflow_gcp.emulator.server import Emulator
 from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
 from tests.conftest import enable
 
-ENTRYPOINT = Path(__file__).resolve().parents[2] / "docker" / "entrypoint.py"
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "src" / "mlflow_gcp" / "server_image" / "entrypoint.py"
 
 
 def _load_entrypoint() -> ModuleType:

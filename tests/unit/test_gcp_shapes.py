@@ -326,6 +326,8 @@ def _project_bindings(store: _PolicyStore) -> Any:
         clients=SimpleNamespace(projects=store),
         api=lambda what, fn, *a, retry_on=None, **k: fn(*a, **k),
         fact=lambda key, name, default=None: default,  # nothing recorded yet
+        builder="docker",  # (Cloud Build's account is not in this policy)
+        granted=lambda member: None,
     )
     return ProjectBindings(ctx)
 

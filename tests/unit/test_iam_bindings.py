@@ -145,6 +145,7 @@ def _ctx(state: dict[str, dict[str, Any]], users: list[str], clients: Any) -> An
         clients=clients,
         api=lambda what, fn, *a, retry_on=None, **k: fn(*a, **k),
         fact=lambda key, name, default=None: state.get(key, {}).get(name, default),
+        granted=lambda member: None,  # (what waits out IAM propagation is not under test here)
     )  # fmt: skip
 
 

@@ -14,8 +14,24 @@ from .status import status
 from .up import up
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ..image_source import pinned_mlflow_version
+
+    click.echo(f"mlflow-gcp {__version__} (server image: MLflow {pinned_mlflow_version()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mlflow-gcp")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version (and the MLflow version the server image pins) and exit.",
+)
 @click.option("-v", "--verbose", count=True, help="-v shows API calls; -vv also tracebacks.")
 def cli(verbose: int) -> None:
     """A production MLflow tracking server on Google Cloud, with one command.

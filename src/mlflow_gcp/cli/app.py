@@ -131,6 +131,17 @@ class App:
                 backend.release()
 
 
+def describe_builder(ctx: Any) -> str:
+    """One line: which image, built how, and why that builder."""
+    from .. import builds
+
+    builder = builds.resolve(ctx)
+    if builder == "prebuilt":
+        return f"Server image: {ctx.config.server.image} (prebuilt)"
+    how = {"docker": "a local Docker daemon", "cloudbuild": "Cloud Build"}[builder]
+    return f"Server image: {ctx.names.image_repo}, built with {how} ({ctx.builder_reason})"
+
+
 def run_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every failure into a message and a documented exit code; never a traceback (unless -vv)."""
 

@@ -21,6 +21,7 @@ _STATE = {"unchanged": "ok", "would create": "missing", "would update": "drifted
 def status(ctx: click.Context, **params: Any) -> None:
     """Report each resource as ok, missing or drifted (with the fields), the service URL, the pinned secret
     versions, and whether MLflow really serves. Exit code 0 only when all is well (7 otherwise)."""
+    from .. import builds
     from ..engine import Engine, StepFailed
     from ..health import serving
     from ..rotation import LABEL, last_rotated
@@ -57,11 +58,19 @@ def status(ctx: click.Context, **params: Any) -> None:
             if key.startswith("secret:")
         }
         rotations = last_rotated(run_ctx.state.data)
+        image = {
+            "uri": run_ctx.fact("image", "uri"),
+            # Who built the image that exists (recorded), and who would build the next one (this run's choice).
+            "built_with": run_ctx.fact("image", "builder"),
+            "builder": builds.resolve(run_ctx),
+            "builder_reason": run_ctx.builder_reason,
+        }
     healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok
     if params["as_json"]:
         report = {
             "ok": healthy,
             "url": url,
+            "image": image,
             "resources": rows,
             "server": health.as_dict() if health else None,
             "secret_versions": secrets,
@@ -76,6 +85,8 @@ def status(ctx: click.Context, **params: Any) -> None:
             for member in r["unmanaged"]:
                 click.echo(f"{'':<8} {'':<{width}}  not managed by mlflow-gcp: {member}")
         click.echo(f"URL: {url or '-'}")
+        built = f", built with {image['built_with']}" if image["built_with"] else ""
+        click.echo(f"Image: {image['uri'] or '-'}{built}; builder: {image['builder']} ({image['builder_reason']})")
         if health:
             verdict = "serving" if health.ok else "NOT serving"
             click.echo(

@@ -7,12 +7,19 @@ from typing import Any
 
 import click
 
-from .app import App, config_options, run_command
+from .app import App, config_options, describe_builder, run_command
 
 
 @click.command()
 @config_options
-@click.option("--image", default=None, help="Use this prebuilt server image instead of building docker/.")
+@click.option("--image", default=None, help="Use this prebuilt server image instead of building one.")
+@click.option(
+    "--builder",
+    type=click.Choice(["auto", "docker", "cloudbuild"]),
+    default=None,
+    help="Build the server image with a local Docker daemon or remotely with Cloud Build [default: auto: docker "
+    "when a daemon answers, else cloudbuild].",
+)
 @click.option("--tier", "tier", default=None, help="Cloud SQL tier [default: db-custom-1-3840].")
 @click.option("--max-instances", type=int, default=None, help="Cloud Run max instances [default: 10].")
 @click.option("--create-client-key", is_flag=True, default=None, help="Also create a client service account key.")
@@ -30,6 +37,7 @@ def up(ctx: click.Context, **params: Any) -> None:
 
     flags = {
         "server.image": params["image"],
+        "server.builder": params["builder"],
         "database.tier": params["tier"],
         "server.max_instances": params["max_instances"],
         "create_client_key": params["create_client_key"],
@@ -42,6 +50,7 @@ def up(ctx: click.Context, **params: Any) -> None:
             refuse_if_in_progress(run_ctx.state)
         what = "Planning" if dry_run else "Provisioning"
         term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
+        term.line(describe_builder(run_ctx))
         with term:
             try:
                 outcomes = Engine(run_ctx, term).apply(resources(run_ctx), dry_run=dry_run)

@@ -11,6 +11,7 @@ Mounts (``base`` = ``http://127.0.0.1:PORT``):
 ``base/run``            Cloud Run Admin v2
 ``base/sqladmin/``      Cloud SQL Admin v1 (googleapiclient ``api_endpoint``, trailing slash)
 ``base/iam/``           IAM v1 (googleapiclient)
+``base/logging/``       Cloud Logging v2 (googleapiclient)
 ``base``                Cloud Storage JSON API (``STORAGE_EMULATOR_HOST``) and Docker Engine API
                         (``DOCKER_HOST=tcp://127.0.0.1:PORT``)
 ``base/_emulator``      control plane (reset, settings, request log, projects)
@@ -45,6 +46,7 @@ API_MODULES: dict[str, str] = {
     "artifactregistry": "mlflow_gcp.emulator.apis.artifactregistry:ArtifactRegistryApi",
     "docker": "mlflow_gcp.emulator.apis.docker_engine:DockerEngineApi",
     "cloudbuild": "mlflow_gcp.emulator.apis.cloudbuild:CloudBuildApi",
+    "logging": "mlflow_gcp.emulator.apis.logging:LoggingApi",
     "sqladmin": "mlflow_gcp.emulator.apis.sqladmin:SqlAdminApi",
     "storage": "mlflow_gcp.emulator.apis.storage:StorageApi",
     "run": "mlflow_gcp.emulator.apis.run:CloudRunApi",
@@ -236,7 +238,7 @@ class Emulator:
     def endpoints(self) -> dict[str, str]:
         base = self.base_url
         out = {
-            name: base + (module.prefix + ("/" if name in ("sqladmin", "iam") else ""))
+            name: base + (module.prefix + ("/" if name in ("sqladmin", "iam", "logging") else ""))
             for name, module in self.world.apis.items()
             if module.prefix
         }

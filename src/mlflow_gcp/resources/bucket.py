@@ -1,5 +1,6 @@
-"""The GCS artifact bucket: uniform bucket-level access, public access prevention enforced, no force-destroy
-(`down` deletes it, with its objects, only with --delete-data)."""
+"""Cloud Storage buckets: uniform bucket-level access, public access prevention enforced, labelled. The artifact
+bucket holds data (`down` deletes it, with its objects, only with --delete-data); the Cloud Build staging bucket
+(resources/build.py) shares the same base."""
 
 from __future__ import annotations
 
@@ -16,26 +17,29 @@ def _setter(attribute: str) -> Any:
     return lambda bucket, value: setattr(bucket, attribute, value)
 
 
-class ArtifactBucket(Resource):
-    key = "bucket"
-    kind = "artifact bucket"
+class Bucket(Resource):
+    """A bucket of the stack, in ``artifacts.location`` (default: the region)."""
+
     depends_on = ("apis",)
-    holds_data = True
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
 
     def id(self) -> str:
-        return f"gs://{self.ctx.names.bucket}"
+        return f"gs://{self.name}"
 
     def find(self) -> Any | None:
         from google.api_core import exceptions
 
         storage = self.ctx.clients.storage
         try:
-            return self.ctx.api("storage.buckets.get", storage.get_bucket, self.ctx.names.bucket)
+            return self.ctx.api(f"storage.buckets.get {self.name}", storage.get_bucket, self.name)
         except exceptions.NotFound:
             return None
         except exceptions.Forbidden as exc:
             raise MlflowGcpError(
-                f"Bucket {self.ctx.names.bucket} exists but you cannot read it ({exc.message}); bucket names are "
+                f"Bucket {self.name} exists but you cannot read it ({exc.message}); bucket names are "
                 "global, so another project may own it.",
                 hint="Set artifacts.bucket to a name of your own.",
             ) from None
@@ -63,7 +67,7 @@ class ArtifactBucket(Resource):
                 lambda b: b.location,
                 mode="refuse",
                 normalize=lambda v: (v or "").upper(),
-                refusal=f"Bucket {self.ctx.names.bucket} is in another location than the configured {location}; "
+                refusal=f"Bucket {self.name} is in another location than the configured {location}; "
                 "a bucket cannot move.",
                 hint="Set artifacts.location to match, or use another bucket name.",
                 write=lambda b, v: None,  # given to create_bucket, never patched
@@ -74,10 +78,13 @@ class ArtifactBucket(Resource):
         from google.api_core import exceptions
 
         storage = self.ctx.clients.storage
-        bucket = fields.apply(self.owned_fields(), storage.bucket(self.ctx.names.bucket))
+        bucket = fields.apply(self.owned_fields(), storage.bucket(self.name))
         try:
             return self.ctx.api(
-                "storage.buckets.insert", storage.create_bucket, bucket, location=self.ctx.config.bucket_location
+                f"storage.buckets.insert {self.name}",
+                storage.create_bucket,
+                bucket,
+                location=self.ctx.config.bucket_location,
             )
         except exceptions.Conflict as exc:
             found = self.find()  # ours, created by a run that died before recording it
@@ -87,7 +94,7 @@ class ArtifactBucket(Resource):
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
         fields.apply(self.owned_fields(), actual, only=[c.field for c in changes])
-        self.ctx.api("storage.buckets.patch", actual.patch)
+        self.ctx.api(f"storage.buckets.patch {self.name}", actual.patch)
         return actual
 
     def delete(self, actual: Any) -> None:
@@ -95,10 +102,20 @@ class ArtifactBucket(Resource):
         blobs = list(self.ctx.api("storage.objects.list", lambda: list(storage.list_blobs(actual, versions=True))))
         for blob in blobs:
             self.ctx.api(f"storage.objects.delete {blob.name}", blob.delete)
-        self.ctx.api("storage.buckets.delete", actual.delete)
+        self.ctx.api(f"storage.buckets.delete {self.name}", actual.delete)
 
     def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "bucket": self.ctx.names.bucket, "location": actual.location}
+        return {"id": self.id(), "bucket": self.name, "location": actual.location}
 
     def planned_facts(self) -> dict[str, Any]:
-        return {"id": self.id(), "bucket": self.ctx.names.bucket}
+        return {"id": self.id(), "bucket": self.name}
+
+
+class ArtifactBucket(Bucket):
+    key = "bucket"
+    kind = "artifact bucket"
+    holds_data = True
+
+    @property
+    def name(self) -> str:
+        return self.ctx.names.bucket

@@ -27,6 +27,7 @@ Binding = tuple[str, str]  # (role, member)
 Grant = tuple[str, str, str]  # (the resource whose policy holds it, role, member)
 
 RUNTIME_PROJECT_ROLES = ("roles/cloudsql.client",)
+BUILD_LOG_ROLE = "roles/logging.logWriter"
 SECRET_ROLE = "roles/secretmanager.secretAccessor"
 BUCKET_RUNTIME_ROLE = "roles/storage.objectUser"
 BUCKET_READER_ROLE = "roles/storage.objectViewer"
@@ -296,6 +297,8 @@ class _PolicyBindings(Resource):
             add = {(r, m) for t, r, m in grant if t == target}
             remove = {(r, m) for t, r, m in revoke - grant if t == target and not _is_deleted(m)}
             result[target] = self._edit(target, add, remove)
+            for _, _, member in (g for g in p.add if g[0] == target):
+                self.ctx.granted(member)  # for steps that wait out IAM propagation (builds.cloudbuild)
         return result
 
     def create(self) -> Any:
@@ -323,9 +326,12 @@ class _PolicyBindings(Resource):
 
 
 class ProjectBindings(_PolicyBindings):
+    """The runtime account may connect to Cloud SQL; the build account (Cloud Build only) may write its log."""
+
     key = "iam:project"
     kind = "project IAM bindings"
-    depends_on = ("sa:runtime",)
+    depends_on = ("sa:runtime", "sa:build")
+    # Only these are reported as unmanaged: many accounts hold logging.logWriter on a project for their own reasons.
     roles = RUNTIME_PROJECT_ROLES
     api_name = "resourcemanager.projects"
 
@@ -336,8 +342,13 @@ class ProjectBindings(_PolicyBindings):
         return [self.id()]
 
     def wanted(self) -> set[Grant]:
+        from .. import builds
+
         member = f"serviceAccount:{self.ctx.names.runtime_account}"
-        return {(self.id(), role, member) for role in RUNTIME_PROJECT_ROLES}
+        wanted = {(self.id(), role, member) for role in RUNTIME_PROJECT_ROLES}
+        if builds.resolve(self.ctx) == "cloudbuild":
+            wanted.add((self.id(), BUILD_LOG_ROLE, f"serviceAccount:{self.ctx.names.build_account}"))
+        return wanted
 
     def _read(self, target: str) -> Any:
         rm = self.ctx.clients.projects

@@ -1,15 +1,16 @@
-"""The server image: docker/ built and pushed with the Docker SDK, tagged by a hash of its inputs so an unchanged
-image is never rebuilt; or a prebuilt image given with --image."""
+"""The server image: the sources the package ships (image_source), built by the run's builder (builds: a local
+Docker daemon or Cloud Build) and tagged by a hash of exactly what the build sends, so an unchanged image is never
+rebuilt; or a prebuilt image given with --image, looked up in Artifact Registry."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-from pathlib import Path
 from typing import Any
 
+from .. import builds
 from ..engine import Resource
 from ..errors import ExitCode, MlflowGcpError
+from ..image_source import input_hash
 
 _AR_IMAGE = re.compile(
     r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repo>[^/]+)/[^@:]+(?:/[^@:]+)*"
@@ -17,30 +18,16 @@ _AR_IMAGE = re.compile(
 )
 
 
-def docker_dir() -> Path:
-    """docker/ of the source tree this package runs from."""
-    path = Path(__file__).resolve().parents[3] / "docker"
-    if not (path / "Dockerfile").is_file():
-        raise MlflowGcpError(
-            f"The server image sources (docker/Dockerfile) are not at {path}.",
-            hint="Run mlflow-gcp from its source checkout (pip install -e .), or pass --image with a prebuilt image.",
-        )
-    return path
-
-
-def input_hash(directory: Path) -> str:
-    """A content hash of every file the build sends, so the tag changes exactly when the image would."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
 class ServerImage(Resource):
     key = "image"
     kind = "server image"
-    depends_on = ("registry",)
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:  # type: ignore[override]
+        if builds.resolve(self.ctx) == "cloudbuild":
+            # The build account must hold its roles before the build runs as it.
+            return ("registry", "build-bucket", "sa:build", "iam:registry", "iam:build-bucket", "iam:project")
+        return ("registry",)
 
     @property
     def prebuilt(self) -> str | None:
@@ -48,7 +35,7 @@ class ServerImage(Resource):
 
     @property
     def tag(self) -> str:
-        return input_hash(docker_dir())
+        return input_hash()
 
     def id(self) -> str:
         return self.prebuilt or f"{self.ctx.names.image_repo}:{self.tag}"
@@ -93,38 +80,23 @@ class ServerImage(Resource):
     def create(self) -> Any:
         if self.prebuilt:  # pragma: no cover - find always finds a prebuilt image
             return {"uri": self.prebuilt}
-        import docker
+        builder = builds.resolve(self.ctx)
+        if builder == "cloudbuild":
+            from ..builds import cloudbuild
 
-        client = self.ctx.clients.docker()
-        repo, tag = self.ctx.names.image_repo, self.tag
-        try:
-            self.ctx.note(f"docker build {repo}:{tag}")
-            image, _ = client.images.build(path=str(docker_dir()), tag=f"{repo}:{tag}", rm=True, platform="linux/amd64")
-        except docker.errors.BuildError as exc:
-            raise MlflowGcpError(f"Building the server image failed: {exc.msg}") from None
-        except docker.errors.APIError as exc:  # a Dockerfile the daemon cannot parse is refused before streaming
-            raise MlflowGcpError(f"Building the server image failed: {exc.explanation or exc}") from None
-        auth = {"username": "oauth2accesstoken", "password": self.ctx.clients.access_token()}
-        digest = None
-        self.ctx.note(f"docker push {repo}:{tag}")
-        for line in client.images.push(repo, tag=tag, auth_config=auth, stream=True, decode=True):
-            # docker-py does not raise on a refused push: the error is a line in the stream.
-            if "errorDetail" in line or "error" in line:
-                message = line.get("errorDetail", {}).get("message") or line.get("error")
-                raise MlflowGcpError(
-                    f"Pushing {repo}:{tag} was refused: {message}",
-                    hint="You need roles/artifactregistry.writer on the repository.",
-                )
-            digest = (line.get("aux") or {}).get("Digest") or digest
-        if not digest:
-            raise MlflowGcpError(f"Pushing {repo}:{tag} reported no digest.")
-        return {"uri": f"{repo}@{digest}", "built": image.id}
+            return {**cloudbuild.build(self.ctx, self.ctx.names.image_repo, self.tag), "builder": builder}
+        from ..builds import docker
+
+        return {**docker.build(self.ctx, self.ctx.names.image_repo, self.tag), "builder": builder}
 
     def delete(self, actual: Any) -> None:
         """Images go with their repository."""
 
     def facts(self, actual: Any) -> dict[str, Any]:
-        return {"id": self.id(), "uri": actual["uri"]}
+        # The builder that made it when this run built it; else the one recorded (a found image was built before).
+        recorded = (self.ctx.state.get(self.key) or {}).get("builder")
+        built_by = actual.get("builder") or recorded or builds.resolve(self.ctx)
+        return {"id": self.id(), "uri": actual["uri"], "builder": built_by}
 
     def planned_facts(self) -> dict[str, Any]:
-        return {"id": self.id(), "uri": self.id()}
+        return {"id": self.id(), "uri": self.id(), "builder": builds.resolve(self.ctx)}

@@ -34,12 +34,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from google.cloud.artifactregistry_v1 import types as ar
+from google.iam.v1 import iam_policy_pb2
 
 from ..core.errors import GcpError, invalid
 from ..core.http import ApiModule, ApiRequest, route
+from ..core.iam import PolicyMethods
 from ..core.images import ImageRecord
 from ..core.paging import page
-from ..core.validation import normalize, render
+from ..core.validation import normalize, parse_proto, render
 from ..imagebuild import MANIFEST_MEDIA_TYPE, now_rfc3339
 
 if TYPE_CHECKING:
@@ -54,6 +56,9 @@ _AR_URI = re.compile(
     rf"/(?P<image>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>[\w][\w.-]{{0,127}}))?(?:@(?P<digest>sha256:[0-9a-f]{{64}}))?$"
 )
 _MAX_PAGE = 1000
+_IAM = PolicyMethods(
+    "artifactregistry.", version_message="Invalid requested_policy_version {requested}: must be 0, 1 or 3."
+)
 _SCANNING_SERVICE = "containerscanning.googleapis.com"
 #: Fields a create copies from the request; all but format and mode can be changed by PATCH.
 _CREATE_FIELDS = (
@@ -295,6 +300,51 @@ class ArtifactRegistryApi(ApiModule):
         # recorded: tests/golden/recordings/artifactregistry-repository.log: the answer has no registryUri.
         return self._render_repo(repo, req.enum_int, omit=("registryUri",))
 
+    # --- repository IAM policy (who may push: roles/artifactregistry.writer; Cloud Build's account needs it) -----
+
+    def _existing_repo(self, req: ApiRequest) -> str:
+        name = self._repo_name(req["project"], req["location"], req["repository"])
+        if self.world.store.get(self.REPO_KIND, name) is None:
+            raise _not_found()
+        return name
+
+    @route(
+        "GET",
+        "/v1/projects/{project}/locations/{location}/repositories/{repository}:getIamPolicy",
+        name="repositories.getIamPolicy",
+    )
+    def get_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
+        _IAM.check_version(req.args)
+        return _IAM.get(self.world, self._existing_repo(req))
+
+    @route(
+        "POST",
+        "/v1/projects/{project}/locations/{location}/repositories/{repository}:setIamPolicy",
+        name="repositories.setIamPolicy",
+    )
+    def set_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
+        body = req.json()
+        parse_proto(body, iam_policy_pb2.SetIamPolicyRequest)
+        return _IAM.set(self.world, self._existing_repo(req), body.get("policy", {}))
+
+    @route(
+        "POST",
+        "/v1/projects/{project}/locations/{location}/repositories/{repository}:testIamPermissions",
+        name="repositories.testIamPermissions",
+        mutating=False,
+    )
+    def test_iam_permissions(self, req: ApiRequest) -> dict[str, Any]:
+        body = req.json()
+        parse_proto(body, iam_policy_pb2.TestIamPermissionsRequest)
+        self._existing_repo(req)
+        return _IAM.test(body.get("permissions", []))
+
+    def may_push(self, member: str, repo_name: str) -> bool:
+        """Does ``member`` hold roles/artifactregistry.writer (or a role including it) on the repository or its
+        project? (what a Cloud Build push as a user-specified service account needs)"""
+        project = repo_name.split("/locations/")[0]
+        return self.world.iam.has_role([repo_name, project], member, "roles/artifactregistry.writer")
+
     @route(
         "DELETE", "/v1/projects/{project}/locations/{location}/repositories/{repository}", name="repositories.delete"
     )
@@ -308,6 +358,7 @@ class ArtifactRegistryApi(ApiModule):
             with self._lock:
                 if self.world.store.delete(self.REPO_KIND, name) is None:
                     raise _not_found()
+                self.world.iam.delete(name)
                 for image in self.world.store.names(self.IMAGE_KIND, name + "/"):
                     self.world.store.delete(self.IMAGE_KIND, image)
                 shutil.rmtree(self.root / project / location / repo_id, ignore_errors=True)

@@ -12,7 +12,6 @@ import base64
 import copy
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,27 @@ IMPLIED_BY: dict[str, set[str]] = {
     "roles/secretmanager.secretAccessor": {"roles/owner", "roles/secretmanager.admin"},
     "roles/cloudsql.client": {"roles/owner", "roles/editor", "roles/cloudsql.admin", "roles/cloudsql.editor"},
     "roles/run.invoker": {"roles/owner", "roles/editor", "roles/run.admin"},
+    # storage.objects.get (https://cloud.google.com/storage/docs/access-control/iam-roles): the object roles
+    # above it, and the basic roles through the convenience values (projectOwner/Editor/Viewer) every new
+    # bucket's policy and default object ACLs grant object read to.
+    "roles/storage.objectViewer": {
+        "roles/storage.objectUser",
+        "roles/storage.objectAdmin",
+        "roles/storage.admin",
+        "roles/owner",
+        "roles/editor",
+        "roles/viewer",
+    },
+    # artifactregistry.repositories.uploadArtifacts
+    # (https://cloud.google.com/artifact-registry/docs/access-control#roles).
+    "roles/artifactregistry.writer": {
+        "roles/artifactregistry.repoAdmin",
+        "roles/artifactregistry.admin",
+        "roles/owner",
+        "roles/editor",
+    },
+    # logging.logEntries.create (https://cloud.google.com/logging/docs/access-control#permissions_and_roles).
+    "roles/logging.logWriter": {"roles/logging.admin", "roles/owner", "roles/editor"},
 }
 
 
@@ -45,7 +65,10 @@ class IamPolicies:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self._lock = threading.RLock()
+        # The store's own lock, not one of ours: callers that hold the store's lock call in here (deleting a
+        # service account rewrites every policy that named it), and a second lock taken in the other order by
+        # policy writes deadlocked the emulator (seen: a `down` deleting an account while granting on a secret).
+        self._lock = world.store.lock
         # (resource, role, member) -> when the grant was written, for propagation delay.
         self._granted_at: dict[tuple[str, str, str], float] = {}
 
@@ -87,7 +110,9 @@ class IamPolicies:
                 for m in binding.get("members", []):
                     if m not in members:
                         members.append(m)
-            now = time.monotonic()
+            # Propagation delay applies to grants written while eventual consistency is on: turning it on later
+            # does not make long-settled grants unseen again.
+            now = time.monotonic() if self.world.control.settings.consistency else 0.0
             for role, members in merged.items():
                 for m in members:
                     if (role, m) not in old:

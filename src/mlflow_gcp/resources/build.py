@@ -17,7 +17,7 @@ from typing import Any
 from ..builds.cloudbuild import SOURCE_PREFIX, SOURCE_RETENTION_DAYS
 from ..fields import Owned
 from .bucket import Bucket, _setter
-from .iam import Grant, _edit_storage, _PolicyBindings, _storage_pairs
+from .iam import Grant, _BucketPolicyBindings, _PolicyBindings
 from .service_accounts import ServiceAccount
 
 REGISTRY_WRITER = "roles/artifactregistry.writer"
@@ -85,34 +85,20 @@ class RegistryBindings(_PolicyBindings):
         return self.ctx.clients.artifact_registry.set_iam_policy(request={"resource": target, "policy": policy})
 
 
-class StagingBucketBindings(_PolicyBindings):
+class StagingBucketBindings(_BucketPolicyBindings):
     """The build account may read the staged sources."""
 
     key = "iam:build-bucket"
     kind = "staging bucket IAM bindings"
     depends_on = ("build-bucket", "sa:build")
     roles = (STAGING_READER,)
-    api_name = "storage.buckets"
-    _pairs = staticmethod(_storage_pairs)
-    _apply = staticmethod(_edit_storage)
 
-    def id(self) -> str:
-        return f"gs://{self.ctx.names.build_bucket}"
-
-    def targets(self) -> list[str]:
-        return [self.id()]
+    @property
+    def bucket_name(self) -> str:
+        return self.ctx.names.build_bucket
 
     def wanted(self) -> set[Grant]:
         return {(self.id(), STAGING_READER, f"serviceAccount:{self.ctx.names.build_account}")}
-
-    def _bucket(self) -> Any:
-        return self.ctx.clients.storage.bucket(self.ctx.names.build_bucket)
-
-    def _read(self, target: str) -> Any:
-        return self._bucket().get_iam_policy(requested_policy_version=3)
-
-    def _write(self, target: str, policy: Any) -> Any:
-        return self._bucket().set_iam_policy(policy)
 
 
 ALL = (BuildAccount, StagingBucket, RegistryBindings, StagingBucketBindings)

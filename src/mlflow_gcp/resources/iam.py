@@ -400,22 +400,44 @@ class SecretBindings(_PolicyBindings):
 # --- bucket --------------------------------------------------------------------------------------------
 
 
-class BucketBindings(_PolicyBindings):
+class _BucketPolicyBindings(_PolicyBindings):
+    """Bindings in one bucket's policy (google-cloud-storage's Policy: bindings as dicts)."""
+
+    api_name = "storage.buckets"
+    _pairs = staticmethod(_storage_pairs)
+    _apply = staticmethod(_edit_storage)
+
+    @property
+    def bucket_name(self) -> str:
+        raise NotImplementedError
+
+    def id(self) -> str:
+        return f"gs://{self.bucket_name}"
+
+    def targets(self) -> list[str]:
+        return [self.id()]
+
+    def _bucket(self) -> Any:
+        return self.ctx.clients.storage.bucket(self.bucket_name)
+
+    def _read(self, target: str) -> Any:
+        return self._bucket().get_iam_policy(requested_policy_version=3)
+
+    def _write(self, target: str, policy: Any) -> Any:
+        return self._bucket().set_iam_policy(policy)
+
+
+class BucketBindings(_BucketPolicyBindings):
     """The runtime account gets object access on the artifact bucket only; `artifacts.users` may read it."""
 
     key = "iam:bucket"
     kind = "bucket IAM bindings"
     depends_on = ("sa:runtime", "bucket", "sa:client")
     roles = (BUCKET_RUNTIME_ROLE, BUCKET_READER_ROLE)
-    api_name = "storage.buckets"
-    _pairs = staticmethod(_storage_pairs)
-    _apply = staticmethod(_edit_storage)
 
-    def id(self) -> str:
-        return f"gs://{self.ctx.names.bucket}"
-
-    def targets(self) -> list[str]:
-        return [self.id()]
+    @property
+    def bucket_name(self) -> str:
+        return self.ctx.names.bucket
 
     def wanted(self) -> set[Grant]:
         wanted = {(BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.runtime_account}")}
@@ -423,15 +445,6 @@ class BucketBindings(_PolicyBindings):
         if self.ctx.config.create_client_key:
             wanted.add((BUCKET_RUNTIME_ROLE, f"serviceAccount:{self.ctx.names.client_account}"))
         return {(self.id(), role, member) for role, member in wanted}
-
-    def _bucket(self) -> Any:
-        return self.ctx.clients.storage.bucket(self.ctx.names.bucket)
-
-    def _read(self, target: str) -> Any:
-        return self._bucket().get_iam_policy(requested_policy_version=3)
-
-    def _write(self, target: str, policy: Any) -> Any:
-        return self._bucket().set_iam_policy(policy)
 
 
 # --- Cloud Run invoker ---------------------------------------------------------------------------------

@@ -302,12 +302,6 @@ class ArtifactRegistryApi(ApiModule):
 
     # --- repository IAM policy (who may push: roles/artifactregistry.writer; Cloud Build's account needs it) -----
 
-    def _existing_repo(self, req: ApiRequest) -> str:
-        name = self._repo_name(req["project"], req["location"], req["repository"])
-        if self.world.store.get(self.REPO_KIND, name) is None:
-            raise _not_found()
-        return name
-
     @route(
         "GET",
         "/v1/projects/{project}/locations/{location}/repositories/{repository}:getIamPolicy",
@@ -315,7 +309,7 @@ class ArtifactRegistryApi(ApiModule):
     )
     def get_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         _IAM.check_version(req.args)
-        return _IAM.get(self.world, self._existing_repo(req))
+        return _IAM.get(self.world, self._require_repo(req))
 
     @route(
         "POST",
@@ -325,7 +319,7 @@ class ArtifactRegistryApi(ApiModule):
     def set_iam_policy(self, req: ApiRequest) -> dict[str, Any]:
         body = req.json()
         parse_proto(body, iam_policy_pb2.SetIamPolicyRequest)
-        return _IAM.set(self.world, self._existing_repo(req), body.get("policy", {}))
+        return _IAM.set(self.world, self._require_repo(req), body.get("policy", {}))
 
     @route(
         "POST",
@@ -336,7 +330,7 @@ class ArtifactRegistryApi(ApiModule):
     def test_iam_permissions(self, req: ApiRequest) -> dict[str, Any]:
         body = req.json()
         parse_proto(body, iam_policy_pb2.TestIamPermissionsRequest)
-        self._existing_repo(req)
+        self._require_repo(req)
         return _IAM.test(body.get("permissions", []))
 
     def may_push(self, member: str, repo_name: str) -> bool:

@@ -35,6 +35,17 @@ if ! have_locale; then
     exit 1
   fi
 fi
+# The browser tests (the MLflow UI behind Identity-Aware Proxy) drive Debian's chromium through playwright.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if [ -z "$SUDO" ] || command -v sudo >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "The browser tests need Chromium: install the 'chromium' package." >&2
+    exit 1
+  fi
+fi
 # The emulator runs PostgreSQL as the unprivileged 'postgres' user when started as root (initdb refuses root).
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres

@@ -158,6 +158,16 @@ class Clients:
     def logging(self) -> Any:
         return self._discovery("logging", "v2")
 
+    @property
+    def iap(self) -> Any:
+        # No GAPIC client is installed for IAP; the discovery client ships with google-api-python-client.
+        return self._discovery("iap", "v1")
+
+    @property
+    def service_usage_beta(self) -> Any:
+        """Service Usage v1beta1, for generateServiceIdentity (not in the v1 GAPIC client)."""
+        return self._discovery("serviceusage", "v1beta1")
+
     def docker_answers(self) -> bool:
         """Whether a Docker daemon answers a ping (DOCKER_HOST or the default socket; the emulator's own endpoint
         in local mode), without the wait of a build's long timeout."""

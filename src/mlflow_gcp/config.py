@@ -73,6 +73,7 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _NAME = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 _MEMORY = re.compile(r"^\d+(Mi|Gi)$")
 _MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
+_EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 
 
 class _Section(BaseModel):
@@ -119,6 +120,36 @@ class ArtifactsConfig(_Section):
     users: list[str] = []
 
 
+#: The OAuth client of `gcloud auth application-default login`: the audience of a user's ADC ID token. IAP takes
+#: ID tokens only for OAuth clients on the resource's allowlist ("programmatic access is blocked by default. You need
+#: to add the OAuth 2.0 client to an allowlist": cloud.google.com/iap/docs/sharing-oauth-clients#programmatic_access),
+#: so IAP mode allowlists this one: a laptop's ADC then works, and service accounts mint ID tokens for it too.
+ADC_CLIENT_ID = "764086051850-6qr4p6gpi6hn506pt8ejuq83di341hur.apps.googleusercontent.com"
+
+
+class AccessConfig(_Section):
+    #: "basic": MLflow's own accounts (the admin creates them), the service public at the front end. "iap": sign in
+    #: with Google through Identity-Aware Proxy on the Cloud Run service; only `members` reach it.
+    mode: Literal["basic", "iap"] = "basic"
+    #: Who may reach the server in iap mode (`user:`, `group:`, `serviceAccount:`, `domain:`).
+    members: list[str] = []
+    #: Emails (or `user:`/`serviceAccount:` members) that are MLflow admins in iap mode.
+    admins: list[str] = []
+    #: What a user may do on experiments and models nobody granted them anything on (MLflow's default_permission).
+    default_permission: Literal["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"] = "READ"
+    #: OAuth client IDs whose ID tokens IAP accepts from programs, besides gcloud's ADC client (always allowed).
+    programmatic_clients: list[str] = []
+
+    @property
+    def admin_emails(self) -> list[str]:
+        return sorted({a.partition(":")[2] if ":" in a else a for a in self.admins})
+
+    @property
+    def audiences(self) -> list[str]:
+        """The OAuth client IDs IAP accepts programmatic ID tokens for; the first is what programs ask for."""
+        return list(dict.fromkeys([ADC_CLIENT_ID, *self.programmatic_clients]))
+
+
 class Config(_Section):
     project: str
     region: str = "us-central1"
@@ -131,6 +162,7 @@ class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     server: ServerConfig = ServerConfig()
     artifacts: ArtifactsConfig = ArtifactsConfig()
+    access: AccessConfig = AccessConfig()
 
     @property
     def bucket_location(self) -> str:
@@ -141,6 +173,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "database": DatabaseConfig,
     "server": ServerConfig,
     "artifacts": ArtifactsConfig,
+    "access": AccessConfig,
 }
 TOP_LEVEL = [k for k in Config.model_fields if k not in SECTIONS]
 
@@ -312,6 +345,16 @@ def check(config: Config) -> list[tuple[str, str]]:
             problems.append(
                 ("artifacts.users", f"{member!r} needs a prefix: user:, group:, serviceAccount: or domain:")
             )
+    access = config.access
+    for member in access.members:
+        if not _MEMBER.match(member):
+            problems.append(("access.members", f"{member!r} needs a prefix: user:, group:, serviceAccount: or domain:"))
+    for admin in access.admins:
+        kind, _, email = admin.rpartition(":")
+        if kind not in ("", "user", "serviceAccount") or not _EMAIL.match(email):
+            problems.append(("access.admins", f"{admin!r} must be an email (optionally user: or serviceAccount:)"))
+    if access.mode == "iap" and not access.members:
+        problems.append(("access.members", "iap mode needs at least one member: nobody could reach the server"))
     if config.artifacts.location and config.artifacts.location.lower() not in REGIONS | {"us", "eu", "asia"}:
         problems.append(("artifacts.location", f"unknown location {config.artifacts.location!r}"))
     if not problems and _NAME.match(config.name) and _NAME.match(config.env):

@@ -17,6 +17,8 @@ BUILD_SERVICES = (
     # Cloud Build writes the build's log there (CLOUD_LOGGING_ONLY); a failed build's last lines are read back.
     "logging.googleapis.com",
 )
+# Identity-Aware Proxy, in access.mode = "iap" only.
+IAP_SERVICES = ("iap.googleapis.com",)
 SERVICES = (
     "artifactregistry.googleapis.com",
     "cloudresourcemanager.googleapis.com",

@@ -363,8 +363,10 @@ class Rotation:
         return live
 
     def _health(self, rot: dict[str, Any]) -> Any:
-        from .health import check
+        from .health import check, serving_iap
 
+        if self.ctx.config.access.mode == "iap":
+            return serving_iap(self.ctx, self._url())  # clients reach it through IAP, not with the admin password
         version = (
             rot["new_version"] if self.credential == "admin" else self.ctx.fact("secret:admin-password", "version")
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import builds
-from .resources import apis, bucket, build, client_key, iam, image, registry, run, secrets, service_accounts, sql
+from .resources import apis, bucket, build, client_key, iam, iap, image, registry, run, secrets, service_accounts, sql
 
 if TYPE_CHECKING:
     from .context import Context
@@ -31,8 +31,10 @@ def resources(ctx: Context, *, removing: bool = False) -> list[Step]:
         iam.SecretBindings,
         iam.BucketBindings,
         run.Service,
-        iam.PublicInvoker,
+        iam.ServiceInvoker,
     ]
+    if iap.wanted(ctx):
+        classes += [iap.AccessBindings, iap.ProgrammaticClients]
     if removing or builds.resolve(ctx) == "cloudbuild":
         classes += list(build.ALL)
     if removing or ctx.config.create_client_key:

@@ -40,3 +40,4 @@ def test_an_org_policy_refusal_names_the_constraint(cli: Cli, admin):
     result = cli("up", check=False)
     assert result.code == ExitCode.PERMISSION, result.stderr
     assert "iam.allowedPolicyMemberDomains" in result.stderr and "Traceback" not in result.stderr
+    assert 'access.mode = "iap"' in result.stderr  # the way out that needs no allUsers

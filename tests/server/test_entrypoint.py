@@ -280,13 +280,16 @@ def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
     assert record.entrypoint == ["python", "/app/entrypoint.py"] and not record.cmd
     assert record.command() == ["python", str(image.rootfs / "app" / "entrypoint.py")]
     assert (image.rootfs / "app" / "entrypoint.py").read_bytes() == ENTRYPOINT.read_bytes()
+    # IAP mode's authorization_function sits next to it (entrypoint.py puts its directory on PYTHONPATH).
+    iap_module = docker_dir / "mlflow_gcp_iap.py"
+    assert (image.rootfs / "app" / "mlflow_gcp_iap.py").read_bytes() == iap_module.read_bytes()
     assert record.exposed_ports == [8080] and image.config.get("User") == "10001"
     pins = {
         line.split("==")[0]: line.split("==")[1]
         for line in (docker_dir / "requirements.txt").read_text().splitlines()
         if line and not line.startswith("#")
     }
-    assert set(pins) == {"mlflow[auth]", "psycopg2-binary", "google-cloud-storage", "hypercorn"}
+    assert set(pins) == {"mlflow[auth]", "psycopg2-binary", "google-cloud-storage", "hypercorn", "cryptography"}
     assert all(version[0].isdigit() for version in pins.values())
 
 

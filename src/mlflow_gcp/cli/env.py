@@ -20,7 +20,8 @@ from .app import App, config_options, run_command
 def env_command(ctx: click.Context, **params: Any) -> None:
     """Print MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
 
-    Use it as: eval "$(mlflow-gcp env)". The password is printed to stdout only, for you to use."""
+    Use it as: eval "$(mlflow-gcp env)". The password is printed to stdout only, for you to use. In iap mode only
+    MLFLOW_TRACKING_URI: MLflow clients on this machine then sign in with your Google credentials (ADC)."""
     from ..resources.secrets import read_secret
 
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
@@ -33,11 +34,18 @@ def env_command(ctx: click.Context, **params: Any) -> None:
             url = service.uri if service is not None else None
         if not url:
             raise MlflowGcpError("No MLflow service found for this environment.", hint="Run `mlflow-gcp up` first.")
-        values = {
-            "MLFLOW_TRACKING_URI": url,
-            "MLFLOW_TRACKING_USERNAME": read_secret(run_ctx, "admin-username"),
-            "MLFLOW_TRACKING_PASSWORD": read_secret(run_ctx, "admin-password"),
-        }
+        if run_ctx.config.access.mode == "iap":
+            from .. import identity
+
+            # The plugin adds ID tokens only for deployments registered here (identity.py says why).
+            identity.register(url, run_ctx.config.access.audiences[0])
+            values = {"MLFLOW_TRACKING_URI": url}
+        else:
+            values = {
+                "MLFLOW_TRACKING_URI": url,
+                "MLFLOW_TRACKING_USERNAME": read_secret(run_ctx, "admin-username"),
+                "MLFLOW_TRACKING_PASSWORD": read_secret(run_ctx, "admin-password"),
+            }
     if params["as_json"]:
         click.echo(json.dumps(values, indent=2))
     else:

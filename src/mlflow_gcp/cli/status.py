@@ -58,6 +58,12 @@ def status(ctx: click.Context, **params: Any) -> None:
             if key.startswith("secret:")
         }
         rotations = last_rotated(run_ctx.state.data)
+        granted = run_ctx.fact("iap:access", "granted") or {}
+        access = {
+            "mode": run_ctx.config.access.mode,
+            # Who holds access now, as read from the IAP policy (members someone else added are listed as unmanaged).
+            "members": sorted({pair.partition(" ")[2] for pairs in granted.values() for pair in pairs}),
+        }
         image = {
             "uri": run_ctx.fact("image", "uri"),
             # Who built the image that exists (recorded), and who would build the next one (this run's choice).
@@ -71,6 +77,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             "ok": healthy,
             "url": url,
             "image": image,
+            "access": access,
             "resources": rows,
             "server": health.as_dict() if health else None,
             "secret_versions": secrets,
@@ -87,6 +94,10 @@ def status(ctx: click.Context, **params: Any) -> None:
         click.echo(f"URL: {url or '-'}")
         built = f", built with {image['built_with']}" if image["built_with"] else ""
         click.echo(f"Image: {image['uri'] or '-'}{built}; builder: {image['builder']} ({image['builder_reason']})")
+        if access["mode"] == "iap":
+            click.echo(f"Access: Identity-Aware Proxy; members: {', '.join(access['members']) or 'none'}")
+        else:
+            click.echo("Access: MLflow basic-auth accounts (the service is public at Cloud Run's front end)")
         if health:
             verdict = "serving" if health.ok else "NOT serving"
             click.echo(

@@ -62,14 +62,26 @@ def up(ctx: click.Context, **params: Any) -> None:
 
         url = recorded_url(run_ctx.state)
         if url and not dry_run:
+            from .. import identity
             from ..health import require_serving
 
-            require_serving(run_ctx, url, "The stack is provisioned")
+            if run_ctx.config.access.mode == "iap":
+                identity.register(url, run_ctx.config.access.audiences[0])
+            else:
+                identity.unregister(url)
+            health = require_serving(run_ctx, url, "The stack is provisioned")
     counts = summarize(outcomes)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
     term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")
     if url and not dry_run:
         term.line(f"MLflow is at {url}")
-        term.line("Credentials for clients: mlflow-gcp env" + (" --local" if app.local else ""))
+        env_command = "mlflow-gcp env" + (" --local" if app.local else "")
+        if app.config.access.mode == "iap":
+            term.line(f"Sign-in: Identity-Aware Proxy, for {', '.join(app.config.access.members)}")
+            if health.authenticated is None:
+                term.line(f"Not checked with a signed-in request: {health.detail}")
+            term.line(f'Clients: eval "$({env_command})", then MLflow signs in with your Google credentials (ADC)')
+        else:
+            term.line(f"Credentials for clients: {env_command}")
     if params["as_json"]:
         click.echo(json.dumps({"ok": True, "url": url, "outcomes": [o.as_dict() for o in outcomes]}, indent=2))

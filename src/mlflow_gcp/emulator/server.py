@@ -12,9 +12,14 @@ Mounts (``base`` = ``http://127.0.0.1:PORT``):
 ``base/sqladmin/``      Cloud SQL Admin v1 (googleapiclient ``api_endpoint``, trailing slash)
 ``base/iam/``           IAM v1 (googleapiclient)
 ``base/logging/``       Cloud Logging v2 (googleapiclient)
+``base/iap/``           Cloud Identity-Aware Proxy v1 (googleapiclient); ``base/serviceusage/`` serves
+                        Service Usage v1beta1's generateServiceIdentity to googleapiclient too
 ``base``                Cloud Storage JSON API (``STORAGE_EMULATOR_HOST``) and Docker Engine API
                         (``DOCKER_HOST=tcp://127.0.0.1:PORT``)
-``base/_emulator``      control plane (reset, settings, request log, projects)
+``base/_emulator``      control plane (reset, settings, request log, projects), and Google's identity:
+                        ``/_emulator/oauth2/token`` (the OAuth 2.0 token endpoint), ``/_emulator/oauth2/v1/certs``,
+                        ``/_emulator/identities`` (credential files), ``/_emulator/iap/...`` (IAP's keys,
+                        assertions and the sign-in page); see ``apis/oauth2.py`` and ``apis/iap.py``
 =====================  ==========================================================================
 """
 
@@ -47,12 +52,16 @@ API_MODULES: dict[str, str] = {
     "docker": "mlflow_gcp.emulator.apis.docker_engine:DockerEngineApi",
     "cloudbuild": "mlflow_gcp.emulator.apis.cloudbuild:CloudBuildApi",
     "logging": "mlflow_gcp.emulator.apis.logging:LoggingApi",
+    "oauth2": "mlflow_gcp.emulator.apis.oauth2:OAuth2Api",
+    "iap": "mlflow_gcp.emulator.apis.iap:IapApi",
     "sqladmin": "mlflow_gcp.emulator.apis.sqladmin:SqlAdminApi",
     "storage": "mlflow_gcp.emulator.apis.storage:StorageApi",
     "run": "mlflow_gcp.emulator.apis.run:CloudRunApi",
 }
 
 DEFAULT_PROJECT = "mlflow-local"
+#: Control-plane paths served by a module other than the one they are named after.
+_ADMIN_OWNERS = {"identities": "oauth2"}
 
 
 def load_modules(world: World) -> None:
@@ -180,6 +189,8 @@ class EmulatorApp:
                 return json_response({k: world.store.names(k) for k in world.store._data})
             # `/_emulator/<api>/...` goes to that module's own control endpoints (e.g. Cloud Run stats).
             api_name, _, rest = path.lstrip("/").partition("/")
+            if api_name in _ADMIN_OWNERS:
+                api_name, rest = _ADMIN_OWNERS[api_name], path.lstrip("/")
             module = world.apis.get(api_name)
             if module is not None and hasattr(module, "admin"):
                 return module.admin(request, "/" + rest)
@@ -238,7 +249,7 @@ class Emulator:
     def endpoints(self) -> dict[str, str]:
         base = self.base_url
         out = {
-            name: base + (module.prefix + ("/" if name in ("sqladmin", "iam", "logging") else ""))
+            name: base + (module.prefix + ("/" if name in ("sqladmin", "iam", "logging", "iap") else ""))
             for name, module in self.world.apis.items()
             if module.prefix
         }

@@ -53,6 +53,25 @@ class EmulatorAdmin:
         r.raise_for_status()
         return r.json()
 
+    def identity_file(self, email: str, kind: str = "authorized_user") -> dict[str, Any]:
+        """An ADC file's content for ``email``: ``authorized_user`` (refresh with ``creds.with_token_uri(
+        info["token_uri"])``: google-auth ignores the file's own) or ``service_account`` (an existing account)."""
+        r = self.http.post(self._url("identities"), json={"email": email, "type": kind}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def id_token(self, email: str, audience: str) -> str:
+        """An ID token for ``email`` signed by the emulator's Google key."""
+        r = self.http.post(self._url("identities/id-token"), json={"email": email, "audience": audience}, timeout=10)
+        r.raise_for_status()
+        return r.json()["id_token"]
+
+    def iap_assertion(self, email: str, audience: str) -> str:
+        """An ``x-goog-iap-jwt-assertion`` signed by the emulator's IAP key."""
+        r = self.http.post(self._url("iap/assertion"), json={"email": email, "audience": audience}, timeout=10)
+        r.raise_for_status()
+        return r.json()["assertion"]
+
     def run_processes(self) -> dict[str, Any]:
         """The Cloud Run revision processes running now, by revision name (pid, port, ready, alive, log)."""
         r = self.http.get(self._url("run/processes"), timeout=10)

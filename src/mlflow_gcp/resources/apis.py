@@ -6,7 +6,7 @@ from typing import Any
 
 from ..engine import Change, Standing
 from ..fields import Owned
-from ..naming import BUILD_SERVICES, SERVICES
+from ..naming import BUILD_SERVICES, IAP_SERVICES, SERVICES
 
 
 class EnabledApis(Standing):
@@ -19,10 +19,12 @@ class EnabledApis(Standing):
 
     @property
     def services(self) -> tuple[str, ...]:
-        """What the stack needs; Cloud Build (and Logging, where its logs go) only when it builds the image."""
+        """What the stack needs; Cloud Build (and Logging, where its logs go) only when it builds the image, IAP only
+        in iap mode. An API the config no longer needs stays enabled (other workloads may use it)."""
         from .. import builds
 
-        return SERVICES + (BUILD_SERVICES if builds.resolve(self.ctx) == "cloudbuild" else ())
+        iap = IAP_SERVICES if self.ctx.config.access.mode == "iap" else ()
+        return SERVICES + (BUILD_SERVICES if builds.resolve(self.ctx) == "cloudbuild" else ()) + iap
 
     def find(self) -> dict[str, bool]:
         su = self.ctx.clients.service_usage

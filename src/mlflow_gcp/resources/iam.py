@@ -157,6 +157,32 @@ def _edit_storage(policy: Any, add: Iterable[Binding], remove: Iterable[Binding]
     return changed
 
 
+def _json_pairs(policy: Any) -> set[Binding]:
+    """The same for a policy as JSON (discovery clients): ``{"bindings": [{"role", "members": [...]}], "etag"}``."""
+    return {(b["role"], m) for b in policy.get("bindings", []) if not b.get("condition") for m in b.get("members", [])}
+
+
+def _edit_json(policy: Any, add: Iterable[Binding], remove: Iterable[Binding]) -> bool:
+    changed = False
+    bindings = policy.setdefault("bindings", [])
+    for role, member in sorted(add):
+        binding = next((b for b in bindings if b["role"] == role and not b.get("condition")), None)
+        if binding is None:
+            binding = {"role": role, "members": []}
+            bindings.append(binding)
+        if member not in binding.setdefault("members", []):
+            binding["members"].append(member)
+            changed = True
+    for role, member in sorted(remove):
+        for b in bindings:
+            if b["role"] == role and not b.get("condition") and member in b.get("members", []):
+                b["members"].remove(member)
+                changed = True
+    policy["bindings"] = [b for b in bindings if b.get("members")]
+    policy["version"] = 3  # a v1 write may drop IAM Conditions others set
+    return changed
+
+
 def _toggle(policy: Any, role: str, member: str, grant: bool) -> bool:
     """Grant or revoke one member's role in a google.iam.v1 Policy message; say whether it changed."""
     pair = {(role, member)}
@@ -191,8 +217,8 @@ def org_policy_error(exc: BaseException, member: str) -> GcpPermissionError | No
         return GcpPermissionError(
             f"Google refused to grant {member} access: {text}",
             hint="Your organization enforces Domain Restricted Sharing (constraint "
-            "iam.allowedPolicyMemberDomains), which forbids allUsers. Ask an org admin for an exception on this "
-            "project, or keep the service private and use identity-aware access.",
+            'iam.allowedPolicyMemberDomains), which forbids allUsers. Set access.mode = "iap" (sign-in with Google '
+            "through Identity-Aware Proxy: the service stays private), or ask an org admin for an exception.",
         )
     return None
 
@@ -252,13 +278,13 @@ class _PolicyBindings(Resource):
         return decode(granted)
 
     def find(self) -> dict[str, Any] | None:
-        from google.api_core import exceptions
-
         policies: dict[str, Any] = {}
         for target in self.targets():
             try:
                 policies[target] = self.ctx.api(self._what("getIamPolicy", target), self._read, target)
-            except exceptions.NotFound:
+            except Exception as exc:  # NotFound from GAPIC clients, HttpError 404 from discovery ones
+                if http_status(exc) != 404:
+                    raise
                 policies[target] = None
         return policies if any(p is not None for p in policies.values()) else None
 
@@ -450,15 +476,34 @@ class BucketBindings(_BucketPolicyBindings):
 # --- Cloud Run invoker ---------------------------------------------------------------------------------
 
 
-class PublicInvoker(_PolicyBindings):
-    """`allUsers` may invoke the service: MLflow's own login protects it (as in the seed guide)."""
+def iap_service_agent(ctx: Any) -> str:
+    """IAP's service agent, which calls the service on the signed-in user's behalf (cloud.google.com/run/docs/
+    securing/identity-aware-proxy-cloud-run: the console grants it roles/run.invoker; API users grant it)."""
+    return f"service-{ctx.fact('project', 'number')}@gcp-sa-iap.iam.gserviceaccount.com"
+
+
+class ServiceInvoker(_PolicyBindings):
+    """Who may invoke the service at Cloud Run's front end. Basic mode: ``allUsers`` (MLflow's own login protects
+    the server, as in the seed guide). IAP mode: only IAP's service agent, so the service is not public and every
+    request passed IAP.
+
+    Basic mode keeps ``allUsers`` rather than ``invokerIamDisabled``: both make the service public, but the binding
+    is visible in the policy every IAM audit reads, while the flag hides it; where an organization forbids
+    ``allUsers`` (Domain Restricted Sharing) the refusal says so and points at IAP mode, which needs neither
+    (cloud.google.com/run/docs/authenticating/public; ``constraints/run.managed.requireInvokerIam`` can forbid the
+    flag too)."""
 
     key = "iam:invoker"
     kind = "Cloud Run invoker binding"
-    depends_on = ("run",)
+    depends_on = ("run", "apis")
     roles = (INVOKER_ROLE,)
     api_name = "run.services"
-    member = "allUsers"
+
+    @property
+    def member(self) -> str:
+        if self.ctx.config.access.mode == "iap":
+            return f"serviceAccount:{iap_service_agent(self.ctx)}"
+        return "allUsers"
 
     def id(self) -> str:
         return f"{self.ctx.names.service_path}#{INVOKER_ROLE}"
@@ -474,6 +519,35 @@ class PublicInvoker(_PolicyBindings):
 
     def _write(self, target: str, policy: Any) -> Any:
         return self.ctx.clients.run_services.set_iam_policy(request={"resource": target, "policy": policy})
+
+    def _converge(self, actual: Mapping[str, Any], grant: set[Grant], revoke: set[Grant]) -> dict[str, Any]:
+        adding = plan(grant, revoke, self._live(actual), ()).add
+        if any(m.endswith("@gcp-sa-iap.iam.gserviceaccount.com") for _, _, m in adding):
+            self._ensure_service_agent()
+        return super()._converge(actual, grant, revoke)
+
+    def _ensure_service_agent(self) -> None:
+        """IAP's service agent exists only once generated (``gcloud beta services identity create
+        --service=iap.googleapis.com``; serviceusage v1beta1 generateServiceIdentity, idempotent); a policy naming
+        it before that is refused. Called only when the grant is missing, so a converged stack makes no call."""
+        project = self.ctx.names.project
+        su = self.ctx.clients.service_usage_beta
+
+        def generate() -> Any:
+            parent = f"projects/{project}/services/iap.googleapis.com"
+            return su.services().generateServiceIdentity(parent=parent).execute()
+
+        op = self.ctx.api("serviceusage.services.generateServiceIdentity", generate)
+        if not op.get("done"):
+            from ..retry import wait_until
+
+            name = op["name"]
+            wait_until(
+                "IAP's service agent to be created",
+                lambda: su.operations().get(name=name).execute(),
+                lambda o: bool(o.get("done")),
+                self.ctx.deadline,
+            )
 
     def _refusal(self, exc: BaseException) -> Exception | None:
         return org_policy_error(exc, self.member)

@@ -218,7 +218,22 @@ class Service(Resource):
             "MLFLOW_GCP_DB_MAX_CONNECTIONS": str(max_connections(c.database.tier)),
             "MLFLOW_GCP_AUTH_CACHE_TTL": str(c.server.auth_cache_ttl_seconds),
             "MLFLOW_GCP_HTTP2": "1",
+            "MLFLOW_GCP_DEFAULT_PERMISSION": c.access.default_permission,
+            **self.iap_env(),
         }
+
+    def iap_env(self) -> dict[str, str]:
+        """What the server needs in iap mode to trust IAP's signed assertion (server_image/mlflow_gcp_iap.py);
+        nothing in basic mode, where the variables' absence means basic."""
+        from .iap import audience
+
+        access = self.ctx.config.access
+        if access.mode != "iap":
+            return {}
+        env = {"MLFLOW_GCP_AUTH_MODE": "iap", "MLFLOW_GCP_IAP_AUDIENCE": audience(self.ctx)}
+        if access.admin_emails:
+            env["MLFLOW_GCP_IAP_ADMINS"] = ",".join(access.admin_emails)
+        return env
 
     def allowed_hosts(self, uri: str | None) -> list[str]:
         """The service's URLs, for MLflow's Host and CORS checks. Cloud Run's deterministic URL is known before
@@ -269,6 +284,9 @@ class Service(Resource):
         owned = [
             Owned("labels", n.labels, lambda s: dict(s.labels), mode="labels", write=_set("labels")),
             Owned("client", "mlflow-gcp", lambda s: s.client, write=_set("client")),
+            # Cloud Run's direct IAP integration (GA; magic-modules ec55feb9c0 "Implement Cloud Run IAP GA features"
+            # dropped the launch stage it needed before): IAP in front of the service, no load balancer.
+            Owned("iap_enabled", c.access.mode == "iap", lambda s: bool(s.iap_enabled), write=_set("iap_enabled")),
             Owned("client_version", __version__, lambda s: s.client_version, write=_set("client_version")),
             Owned(
                 "ingress",

@@ -44,7 +44,30 @@ Plain settings:
   ownership (creators get MANAGE) or an explicit grant. ``NO_PERMISSIONS`` isolates users instead.
 - ``MLFLOW_GCP_HTTP2`` (default ``1``): serve over hypercorn, which speaks HTTP/1.1 *and* cleartext HTTP/2
   (h2c, prior knowledge) on the same port; ``0`` runs MLflow's default uvicorn (HTTP/1.1 only).
+- ``MLFLOW_GCP_AUTH_MODE`` (default ``basic``): ``basic`` (MLflow's accounts and passwords) or ``iap`` (sign-in
+  through Identity-Aware Proxy, below).
+- ``MLFLOW_GCP_IAP_AUDIENCE`` (required in iap mode): the ``aud`` IAP puts in its assertion for this service,
+  ``/projects/{PROJECT_NUMBER}/locations/{REGION}/services/{SERVICE}`` (the project *number*).
+- ``MLFLOW_GCP_IAP_ADMINS`` (iap mode, optional): comma-separated emails that are MLflow admins (a ``user:`` or
+  ``serviceAccount:`` prefix is dropped; matched case-insensitively).
+- ``MLFLOW_GCP_IAP_CERTS_URL`` (iap mode, default ``https://www.gstatic.com/iap/verify/public_key``): IAP's
+  public keys. Only the local emulator changes it (plain http is accepted for a loopback host only).
 - ``PORT`` (default 8080): set by Cloud Run.
+
+IAP mode. The service sits behind Identity-Aware Proxy, which signs in users with their Google accounts and
+forwards only the ones granted access, adding ``x-goog-iap-jwt-assertion``: a JWT signed with one of IAP's
+published ES256 keys. ``mlflow_gcp_iap.py`` (next to this file, on the workers' ``PYTHONPATH``) is MLflow's
+``authorization_function`` then. It trusts that assertion and nothing else: the signature against IAP's keys, the
+issuer, the audience of *this* service (an assertion IAP made for another service is refused) and the expiry are
+checked. Not the plain ``X-Goog-Authenticated-User-Email`` header, which anybody reaching the container another
+way could send, and not basic auth; a request without a valid assertion gets 401 even if it reaches the server
+directly. The verified email is the MLflow user, created on first visit with a random password nobody knows:
+MLflow needs one, and none may work, since in this mode identity comes from Google, not from a password (should
+the service go back to basic mode, the admin sets passwords for those who need one). MLflow's permission model
+(per-user experiment and model permissions, the default permission) applies unchanged. The admins list is the
+source of truth for admins: a user's ``is_admin`` is made to match it when a worker first sees them (and every
+few minutes after), so removing someone from the list takes effect on the next deploy. The ini's basic admin
+(``MLFLOW_GCP_ADMIN_USERNAME``, still required and still bootstrapped) is never changed by that.
 
 Large artifacts. Cloud Run refuses HTTP/1 request bodies over 32 MiB (413) unless the container port is
 declared end-to-end HTTP/2 (port name ``h2c``); then the front end forwards every request to the container over
@@ -115,6 +138,7 @@ back just before the workers are started. Connections carry ``application_name``
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -151,6 +175,10 @@ ENV_RESERVED_CONNECTIONS = "MLFLOW_GCP_DB_RESERVED_CONNECTIONS"
 ENV_AUTH_CACHE_TTL = "MLFLOW_GCP_AUTH_CACHE_TTL"
 ENV_DEFAULT_PERMISSION = "MLFLOW_GCP_DEFAULT_PERMISSION"
 ENV_HTTP2 = "MLFLOW_GCP_HTTP2"
+ENV_AUTH_MODE = "MLFLOW_GCP_AUTH_MODE"
+ENV_IAP_AUDIENCE = "MLFLOW_GCP_IAP_AUDIENCE"
+ENV_IAP_ADMINS = "MLFLOW_GCP_IAP_ADMINS"
+ENV_IAP_CERTS_URL = "MLFLOW_GCP_IAP_CERTS_URL"
 ENV_PORT = "PORT"
 
 #: Inputs that only PID 1 needs: they are not passed on to the server processes.
@@ -172,6 +200,17 @@ SOCKET_NAME = ".s.PGSQL.5432"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 DEFAULT_ARTIFACT_ROOT = "mlflow-artifacts:/"
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+AUTH_BASIC = "basic"
+AUTH_IAP = "iap"
+AUTH_MODES = (AUTH_BASIC, AUTH_IAP)
+BASIC_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
+#: The IAP module ships next to this file (Dockerfile COPY); the workers import it through PYTHONPATH.
+IAP_AUTH_FUNCTION = "mlflow_gcp_iap:authenticate_request_iap"
+IMAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
+#: What IAP puts in ``aud`` for a Cloud Run service (IAP signed-header docs); the project number, not its id.
+IAP_AUDIENCE = re.compile(r"^/projects/[0-9]+/locations/[a-z][a-z0-9-]*[a-z0-9]/services/[a-z][a-z0-9-]*$")
+EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 #: SQLAlchemy engines one worker may open: tracking store, model registry store, auth store.
 ENGINES_PER_WORKER = 3
 #: Per engine, never more than SQLAlchemy's default pool (5 + 10 overflow).
@@ -292,6 +331,7 @@ def auth_ini(
     admin_password: str,
     default_permission: str,
     auth_cache_ttl_seconds: int,
+    authorization_function: str = BASIC_AUTH_FUNCTION,
 ) -> str:
     """The basic-auth configuration MLflow reads from ``MLFLOW_AUTH_CONFIG_PATH``."""
     settings = {
@@ -299,7 +339,7 @@ def auth_ini(
         "database_uri": database_uri,
         "admin_username": admin_username,
         "admin_password": admin_password,
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "authorization_function": authorization_function,
         "auth_cache_ttl_seconds": str(auth_cache_ttl_seconds),
     }
     lines = ["[mlflow]"] + [f"{key} = {ini_escape(value)}" for key, value in settings.items()]
@@ -385,6 +425,43 @@ def hosts_and_origins(spec: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(hosts + local)), list(dict.fromkeys(origins))
 
 
+def iap_admins(spec: str) -> tuple[str, ...]:
+    """``MLFLOW_GCP_IAP_ADMINS``: lower-cased emails, in order, without duplicates."""
+    admins: list[str] = []
+    for raw in (part.strip() for part in spec.split(",")):
+        if not raw:
+            continue
+        kind, sep, rest = raw.partition(":")
+        if sep and kind in ("user", "serviceAccount"):
+            raw = rest.strip()
+        elif sep:
+            raise ConfigError(
+                f"{ENV_IAP_ADMINS}: {raw!r} is not an email: admins are people or service accounts (IAP's assertion "
+                "names one), not groups or domains"
+            )
+        if not EMAIL.match(raw):
+            raise ConfigError(f"{ENV_IAP_ADMINS}: not an email: {raw!r}")
+        admins.append(raw.lower())
+    return tuple(dict.fromkeys(admins))
+
+
+def iap_certs_url(raw: str) -> str:
+    """``MLFLOW_GCP_IAP_CERTS_URL``: https, or http to a loopback host (the local emulator)."""
+    url = raw.strip() or DEFAULT_IAP_CERTS_URL
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and host:
+        try:
+            local = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = host == "localhost"
+        if local:
+            return url
+    raise ConfigError(f"{ENV_IAP_CERTS_URL} must be an https URL (http only to a loopback host), got {url!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     db_user: str
@@ -409,6 +486,15 @@ class Config:
     default_permission: str
     http2: bool
     port: int
+    auth_mode: str = AUTH_BASIC
+    #: iap mode: the expected ``aud``, the admins' emails (lower case) and where IAP's keys are.
+    iap_audience: str = ""
+    iap_admins: tuple[str, ...] = ()
+    iap_certs_url: str = DEFAULT_IAP_CERTS_URL
+
+    @property
+    def authorization_function(self) -> str:
+        return IAP_AUTH_FUNCTION if self.auth_mode == AUTH_IAP else BASIC_AUTH_FUNCTION
 
     @property
     def socket_dir(self) -> str:
@@ -447,6 +533,22 @@ class Config:
             raise ConfigError(f"{ENV_DEFAULT_PERMISSION} must be one of {', '.join(PERMISSIONS)}")
         hosts, origins = hosts_and_origins(env.get(ENV_ALLOWED_HOSTS, ""))
         reserved_raw = env.get(ENV_RESERVED_CONNECTIONS, "")
+        auth_mode = env.get(ENV_AUTH_MODE, "").strip().lower() or AUTH_BASIC
+        if auth_mode not in AUTH_MODES:
+            raise ConfigError(f"{ENV_AUTH_MODE} must be one of {', '.join(AUTH_MODES)}, got {auth_mode!r}")
+        iap: dict[str, Any] = {}
+        if auth_mode == AUTH_IAP:
+            audience = _required(env, ENV_IAP_AUDIENCE).strip()
+            if not IAP_AUDIENCE.match(audience):
+                raise ConfigError(
+                    f"{ENV_IAP_AUDIENCE} must look like /projects/NUMBER/locations/REGION/services/NAME (the project "
+                    f"number, not its id), got {audience!r}"
+                )
+            iap = {
+                "iap_audience": audience,
+                "iap_admins": iap_admins(env.get(ENV_IAP_ADMINS, "")),
+                "iap_certs_url": iap_certs_url(env.get(ENV_IAP_CERTS_URL, "")),
+            }
         db_users = login_roles(env)
         config = cls(
             db_user=db_users[0],
@@ -470,6 +572,8 @@ class Config:
             default_permission=permission,
             http2=_flag(env, ENV_HTTP2, True),
             port=_integer(env, ENV_PORT, 8080, 1),
+            auth_mode=auth_mode,
+            **iap,
         )
         socket_path = f"{config.socket_dir}/{SOCKET_NAME}"
         if len(socket_path.encode()) > MAX_SOCKET_PATH:
@@ -530,6 +634,18 @@ def server_env(base: Mapping[str, str], config: Config, plan: PoolPlan, auth_con
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if config.auth_mode == AUTH_IAP:
+        # The workers are `python -m hypercorn` (or uvicorn): the IAP module next to this file must be importable.
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([IMAGE_DIR, *(p for p in path if p != IMAGE_DIR)])
+        env.update(
+            {
+                ENV_AUTH_MODE: AUTH_IAP,
+                ENV_IAP_AUDIENCE: config.iap_audience,
+                ENV_IAP_ADMINS: ",".join(config.iap_admins),
+                ENV_IAP_CERTS_URL: config.iap_certs_url,
+            }
+        )
     return env
 
 
@@ -605,6 +721,11 @@ def main() -> int:
         f"{plan.workers} workers, pools {plan.pool_size}+{plan.max_overflow} per engine, at most "
         f"{plan.per_instance} connections per instance ({plan.budget} for {config.max_instances} instances)"
     )
+    if config.auth_mode == AUTH_IAP:
+        log(
+            f"sign-in through IAP only: audience {config.iap_audience}, keys from {config.iap_certs_url}, "
+            f"MLflow admins: {', '.join(config.iap_admins) or 'none'}"
+        )
     private_dir = Path(tempfile.mkdtemp(prefix="mlflow-gcp-"))  # 0700
     try:
         try:
@@ -614,6 +735,7 @@ def main() -> int:
                 admin_password=config.admin_password,
                 default_permission=config.default_permission,
                 auth_cache_ttl_seconds=config.auth_cache_ttl,
+                authorization_function=config.authorization_function,
             )
         except ConfigError as exc:
             log(f"configuration error: {exc}")
@@ -770,6 +892,18 @@ def serve(args: list[str]) -> int:
 
     tracking_uri = os.environ[MLFLOW_BACKEND_STORE_URI]
     from mlflow.server.auth import auth_config
+
+    if os.environ.get(ENV_AUTH_MODE) == AUTH_IAP:
+        # Fail the revision now rather than answer every request with an error: the workers import this module.
+        try:
+            import mlflow_gcp_iap
+        except ImportError as exc:
+            log(f"IAP mode, but its module cannot be imported: {exc}")
+            return 1
+        problem = mlflow_gcp_iap.check_runtime()
+        if problem:
+            log(f"IAP mode, but {problem}")
+            return 1
 
     users = login_roles(os.environ)
     refused = login_refused(tracking_uri)

@@ -12,7 +12,13 @@ Behaviour kept from GCP:
   policy writes naming it fail with 400 "Service account ... does not exist." (``core/iam.py`` asks
   :meth:`IamApi.service_account_visible`).
 - Key creation returns the only copy of the private key (a JSON key file, base64); the emulator keeps just
-  the public certificate. At most 10 user-managed keys per account.
+  the public certificate, which the emulator's token endpoint checks a key file's signed assertions against
+  (:meth:`IamApi.key_certificate`). At most 10 user-managed keys per account.
+- Google-managed accounts (service agents ``service-NUMBER@gcp-sa-*``, the Compute default and legacy Cloud
+  Build accounts) exist with their project, except the service agents that GCP creates only on request: the
+  IAP service agent ``service-NUMBER@gcp-sa-iap.iam.gserviceaccount.com`` exists once Service Usage's
+  ``generateServiceIdentity`` made it (:meth:`IamApi.generate_service_agent`); until then a policy naming it
+  is refused like one naming any missing account (400 "Service account ... does not exist.").
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -44,6 +51,11 @@ _IAM = PolicyMethods("iam.", version_message="Invalid requested policy version {
 # legacy Cloud Build): they are never created through this API.
 _SERVICE_AGENT = re.compile(r"^service-(\d+)@[a-z0-9-]+\.iam\.gserviceaccount\.com$")
 _GOOGLE_MANAGED = re.compile(r"^(\d+)(?:-compute@developer|@cloudbuild)\.gserviceaccount\.com$")
+#: Service agents that do not come with the project: created by ``generateServiceIdentity`` (IAP's: "gcloud
+#: beta services identity create --service=iap.googleapis.com", Cloud Run's IAP documentation).
+_ON_REQUEST_AGENTS = frozenset({"gcp-sa-iap"})
+#: Service agents not named ``gcp-sa-<service>`` (https://cloud.google.com/iam/docs/service-agents).
+_AGENT_DOMAINS = {"run.googleapis.com": "serverless-robot-prod", "sqladmin.googleapis.com": "gcp-sa-cloud-sql"}
 _MAX_KEYS = 10
 _MAX_DISPLAY_NAME = 100
 _MAX_DESCRIPTION = 256
@@ -119,6 +131,8 @@ class IamApi(ApiModule):
 
     SA_KIND = "iam.serviceAccount"
     KEY_KIND = "iam.serviceAccountKey"
+    #: Service agents made on request (see ``_ON_REQUEST_AGENTS``), by email.
+    AGENT_KIND = "iam.serviceAgent"
 
     def __init__(self, world: World) -> None:
         super().__init__(world)
@@ -145,9 +159,43 @@ class IamApi(ApiModule):
             return self._google_managed(email)
         return self._past_window(email)
 
+    def find_account(self, email: str) -> dict[str, Any] | None:
+        """A user-managed account by email, or a service agent generated on request; None otherwise."""
+        email = email.lower()
+        return self.world.store.get(self.SA_KIND, email) or self.world.store.get(self.AGENT_KIND, email)
+
+    def generate_service_agent(self, project_number: str, service: str) -> dict[str, Any]:
+        """Service Usage's generateServiceIdentity: the service's agent in the project (``email``, ``uniqueId``),
+        made on the first call and the same on every later one."""
+        domain = _AGENT_DOMAINS.get(service, f"gcp-sa-{service.split('.', 1)[0]}")
+        email = f"service-{project_number}@{domain}{_IAM_DOMAIN}"
+        with self.world.store.lock:
+            agent = self.world.store.get(self.AGENT_KIND, email)
+            if agent is None:
+                unique_id = "1" + "".join(secrets.choice("0123456789") for _ in range(20))
+                agent = {"email": email, "uniqueId": unique_id}
+                self.world.store.put(self.AGENT_KIND, email, agent)
+        return agent
+
+    def key_certificate(self, email: str, key_id: str) -> bytes | None:
+        """The X.509 certificate (PEM) of an enabled key of an enabled user-managed account, to check what a
+        key file signed; None when the account or key is absent or disabled."""
+        sa = self.world.store.get(self.SA_KIND, email.lower())
+        if sa is None or sa.get("disabled"):
+            return None
+        record = self.world.store.get(self.KEY_KIND, f"{sa['name']}/keys/{key_id}")
+        if record is None or record.get("disabled"):
+            return None
+        return base64.b64decode(record["publicKeyData"])
+
     def _google_managed(self, email: str) -> bool:
         m = _SERVICE_AGENT.match(email) or _GOOGLE_MANAGED.match(email)
-        return bool(m) and self.world.find_project(m.group(1)) is not None
+        if not m or self.world.find_project(m.group(1)) is None:
+            return False
+        domain = email.split("@", 1)[1].split(".", 1)[0]
+        if _SERVICE_AGENT.match(email) and domain in _ON_REQUEST_AGENTS:
+            return self.world.store.get(self.AGENT_KIND, email) is not None
+        return True
 
     def _past_window(self, email: str) -> bool:
         s = self.world.control.settings
@@ -427,6 +475,24 @@ class IamApi(ApiModule):
             key_type = "TYPE_GOOGLE_CREDENTIALS_FILE"
         algorithm = _KEY_ALGORITHMS.get(body.get("keyAlgorithm") or "KEY_ALG_UNSPECIFIED", "KEY_ALG_RSA_2048")
         sa = self._account(req["project"], req["account"], "iam.serviceAccountKeys.create")
+        record, private_data = self._issue_key(
+            sa,
+            key_type,
+            algorithm,
+            lambda: self._account(req["project"], req["account"], "iam.serviceAccountKeys.create"),
+        )
+        # publicKeyData is "only provided in GetServiceAccountKey responses" (discovery document); recorded:
+        # tests/golden/recordings/iam-serviceaccountkey.log answers keys.create without it.
+        response = self._key_view(record, with_public=False)
+        response["privateKeyType"] = key_type
+        response["privateKeyData"] = base64.b64encode(private_data).decode()
+        return response
+
+    def _issue_key(
+        self, sa: dict[str, Any], key_type: str, algorithm: str, recheck: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bytes]:
+        """Make a key for ``sa`` and keep its public half: (stored record, private key file bytes).
+        ``recheck`` finds the account again under the store lock (it may have gone meanwhile)."""
         key_id = secrets.token_hex(20)
         name = f"{sa['name']}/keys/{key_id}"
         # Generate outside the store lock: a 2048-bit key takes tens of milliseconds.
@@ -466,16 +532,24 @@ class IamApi(ApiModule):
             ).encode()
         store = self.world.store
         with store.lock:
-            sa = self._account(req["project"], req["account"], "iam.serviceAccountKeys.create")
+            sa = recheck()
             if len(store.names(self.KEY_KIND, sa["name"] + "/keys/")) >= _MAX_KEYS:
                 raise failed_precondition("Precondition check failed.")
             store.put(self.KEY_KIND, name, record)
-        # publicKeyData is "only provided in GetServiceAccountKey responses" (discovery document); recorded:
-        # tests/golden/recordings/iam-serviceaccountkey.log answers keys.create without it.
-        response = self._key_view(record, with_public=False)
-        response["privateKeyType"] = key_type
-        response["privateKeyData"] = base64.b64encode(private_data).decode()
-        return response
+        return record, private_data
+
+    def new_key_file(self, email: str) -> dict[str, Any]:
+        """A JSON key file for a user-managed account, made as keys.create makes one (it counts towards the
+        account's 10 keys and shows in keys.list). Raises 404 when the account does not exist."""
+
+        def find() -> dict[str, Any]:
+            sa = self.world.store.get(self.SA_KIND, email.lower())
+            if sa is None:
+                raise GcpError(404, f"Service account {email} does not exist.", "NOT_FOUND")
+            return sa
+
+        _, private_data = self._issue_key(find(), "TYPE_GOOGLE_CREDENTIALS_FILE", "KEY_ALG_RSA_2048", find)
+        return json.loads(private_data)
 
     @staticmethod
     def _key_view(record: dict[str, Any], *, with_public: bool) -> dict[str, Any]:

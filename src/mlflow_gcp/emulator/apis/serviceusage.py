@@ -1,4 +1,8 @@
-"""Service Usage v1: enable APIs per project (batchEnable, at most 20 ids, returns an operation), get, list.
+"""Service Usage v1: enable APIs per project (batchEnable, at most 20 ids, returns an operation), get, list; and
+v1beta1's ``generateServiceIdentity`` (discovery REST, ``build("serviceusage", "v1beta1")``), which creates a
+service's agent in the project (IAP's ``service-NUMBER@gcp-sa-iap.iam.gserviceaccount.com`` exists only once
+asked for; see ``apis/iam.py``) and answers with a done operation whose response is the ServiceIdentity
+``{email, uniqueId}``; asking again answers with the same identity.
 
 Every other module's calls are refused with SERVICE_DISABLED until its service is enabled here; see
 ``World.require_enabled``.
@@ -7,6 +11,7 @@ Every other module's calls are refused with SERVICE_DISABLED until its service i
 from __future__ import annotations
 
 import functools
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ KNOWN_SERVICES: dict[str, str] = {
     "compute.googleapis.com": "Compute Engine API",
     "logging.googleapis.com": "Cloud Logging API",
     "monitoring.googleapis.com": "Cloud Monitoring API",
+    "iap.googleapis.com": "Cloud Identity-Aware Proxy API",
 }
 
 
@@ -55,6 +61,7 @@ _RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.BatchEnableServicesR
 _ENABLE_RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.EnableServiceResponse"
 _DISABLE_RESPONSE = "type.googleapis.com/google.api.serviceusage.v1.DisableServiceResponse"
 _METADATA = "type.googleapis.com/google.api.serviceusage.v1.OperationMetadata"
+_IDENTITY = "type.googleapis.com/google.api.serviceusage.v1beta1.ServiceIdentity"
 # services.enable/disable operations carry an Empty as metadata (recorded: serviceusage-service.log).
 _EMPTY_METADATA = {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}}
 
@@ -172,4 +179,31 @@ class ServiceUsageApi(ApiModule):
 
     @route("GET", "/v1/operations/{op}", name="operations.get", check_service=False)
     def get_operation(self, req: ApiRequest) -> dict[str, Any]:
+        return self.world.ops.get(f"operations/{req['op']}")
+
+    # --- v1beta1 ----------------------------------------------------------------------------------
+
+    @route(
+        "POST",
+        "/v1beta1/projects/{project}/services/{service}:generateServiceIdentity",
+        name="services.generateServiceIdentity",
+    )
+    def generate_service_identity(self, req: ApiRequest) -> dict[str, Any]:
+        # The method takes no request body (serviceusage v1beta1 discovery document): any field is unknown.
+        for field in req.json():
+            raise invalid(f'Invalid JSON payload received. Unknown name "{field}": Cannot find field.')
+        self._check_known([req["service"]])
+        project = self.world.project(req["project"])
+        agent = self.world.api("iam").generate_service_agent(project["name"].split("/")[1], req["service"])
+        # Done at once: the identity exists (or already existed) when the call returns.
+        op = {
+            "name": f"operations/{uuid.uuid4()}",
+            "done": True,
+            "response": {"@type": _IDENTITY, "email": agent["email"], "uniqueId": agent["uniqueId"]},
+        }
+        self.world.store.put(self.world.ops.KIND, op["name"], op)
+        return op
+
+    @route("GET", "/v1beta1/operations/{op}", name="operations.get.v1beta1", check_service=False)
+    def get_operation_v1beta1(self, req: ApiRequest) -> dict[str, Any]:
         return self.world.ops.get(f"operations/{req['op']}")

@@ -62,6 +62,9 @@ class Settings(BaseModel):
     denied_permissions: list[str] = []
 
     domain_restricted_sharing: bool = False
+    #: Google Groups, for ``group:`` members where the emulator checks access (IAP): group email -> member
+    #: emails. The emulator has no Cloud Identity; a group not listed here has no members.
+    groups: dict[str, list[str]] = {}
     #: Cloud SQL keeps a deleted instance's name reserved for a week; off lets tests reuse names at once.
     sql_name_reuse_blocked: bool = True
 

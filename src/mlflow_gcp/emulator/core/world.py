@@ -1,4 +1,4 @@
-"""The emulator's shared context: store, IAM, operations, control plane, projects and enabled services.
+"""The emulator's shared context: store, IAM, identity, operations, control plane, projects and enabled services.
 
 API modules reach each other only through ``world.api(name)`` and the public methods documented on each
 module, so every cross-API rule (Cloud Run resolving secrets, checking IAM, finding images and Cloud SQL
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .control import Control
 from .errors import GcpError, service_disabled
 from .iam import IamPolicies
+from .identity import Identity
 from .operations import Operations
 from .store import Store
 
@@ -50,6 +51,8 @@ class World:
         self.control = Control(data_dir / "requests.jsonl")
         self.iam = IamPolicies(self)
         self.ops = Operations(self)
+        #: The keys and tokens of the emulator's Google (OIDC ID tokens) and IAP (signed headers).
+        self.identity = Identity(self)
         self.apis: dict[str, ApiModule] = {}
         #: Set by the server once it listens, e.g. "http://127.0.0.1:8085".
         self.base_url = ""

@@ -28,6 +28,9 @@ How a revision maps to the host (see also ``core/images.py``):
 - Google APIs — the second seam: on Cloud Run the container calls Google's APIs with its runtime account's
   token from the metadata server; here ``STORAGE_EMULATOR_HOST`` points google-cloud-storage (and so MLflow's
   GCS artifact repository) at the emulator. It does not check the runtime account's bucket permissions.
+- IAP's keys — the third seam: on GCP the server fetches Google's real keys to verify IAP's signed header
+  (https://www.gstatic.com/iap/verify/public_key); here ``MLFLOW_GCP_IAP_CERTS_URL`` points at the emulator's
+  ``/_emulator/iap/verify/public_key``, whose key signs the assertions the emulated IAP adds.
 - Other volumes (secrets, emptyDir, GCS, NFS) are recorded, not mounted; sidecar containers are recorded,
   not run.
 - One process stands for all of a revision's instances: scaling limits (min/max instances,
@@ -39,7 +42,11 @@ How a revision maps to the host (see also ``core/images.py``):
   10 s later, SIGKILL. A revision that fails leaves traffic where it was and the operation ends with
   Cloud Run's error.
 - Callers need ``roles/run.invoker`` (``allUsers`` for public services) unless the service sets
-  ``invokerIamDisabled``; an identity token is trusted without checking its signature.
+  ``invokerIamDisabled``; for that check an identity token is trusted without checking its signature.
+- With ``iapEnabled``, Identity-Aware Proxy stands in front instead (``run/iapgate.py``): it verifies the
+  caller's ID token against the emulator's Google key (``core/identity.py``), checks the audience against the
+  IAP settings and the principal against the IAP resource's policy (``apis/iap.py``), requires IAP's service
+  agent to hold ``roles/run.invoker``, and forwards with IAP's identity headers and signed assertion.
 - No process outlives the emulator: processes are stopped on shutdown and reset, are asked to get SIGTERM
   if the emulator dies, and are reaped by the next emulator on the same data directory otherwise.
 

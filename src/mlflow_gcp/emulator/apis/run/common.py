@@ -23,6 +23,8 @@ _TYPE_SERVICE = "type.googleapis.com/google.cloud.run.v2.Service"
 _TYPE_REVISION = "type.googleapis.com/google.cloud.run.v2.Revision"
 #: Who the emulator's callers are (anonymous credentials stand for the project owner).
 CALLER = "owner@example.com"
+#: The role a caller (or, with IAP on, IAP's service agent) needs on a service to invoke it.
+INVOKER = "roles/run.invoker"
 
 _LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
 _REVISION = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"

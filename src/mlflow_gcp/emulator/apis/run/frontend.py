@@ -1,11 +1,13 @@
 """Each service's front end: a listener on its own port that forwards requests to the live revision.
 
 Like Cloud Run's front end it checks the caller against ``roles/run.invoker`` (unless the service has
-``invokerIamDisabled``), streams request and response bodies, keeps method, path, query and headers
-(``Host`` included) and the status, refuses HTTP/1 request bodies over 32 MiB with 413 (by
-Content-Length, or by counting a chunked body), answers 503 while no revision is ready, and counts
-requests by status. A revision whose container port is named ``h2c`` is reached with cleartext HTTP/2
-(prior knowledge) and has no size cap; if that container cannot speak HTTP/2 the request fails with 502.
+``invokerIamDisabled``), or lets Identity-Aware Proxy decide when the service has ``iapEnabled`` (the gate
+answers with a :class:`Verdict`: reply here, or forward with headers removed and added), streams request and
+response bodies, keeps method, path, query and headers (``Host`` included) and the status, refuses HTTP/1
+request bodies over 32 MiB with 413 (by Content-Length, or by counting a chunked body), answers 503 while no
+revision is ready, and counts requests by status. A revision whose container port is named ``h2c`` is reached
+with cleartext HTTP/2 (prior knowledge) and has no size cap; if that container cannot speak HTTP/2 the request
+fails with 502.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -44,9 +47,26 @@ _HOP = {
     "upgrade",
 }
 
-#: Decides whether a caller may invoke the service, from the request's (lower-cased) headers and path:
-#: None to let it through, else the (status, page) to answer with.
-Authorizer = Callable[[dict[str, str], str], "tuple[int, str] | None"]
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the service's gate decided for one request.
+
+    With ``status``, the front end answers itself: ``page`` (HTML) with the extra response ``headers`` (e.g. a
+    redirect's ``Location``, a ``Set-Cookie``). Without, the request goes to the container minus the request
+    headers named in ``drop`` (lower-case) and the cookies named in ``drop_cookies``, plus ``add``."""
+
+    status: int | None = None
+    page: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: frozenset[str] = frozenset()
+    drop_cookies: frozenset[str] = frozenset()
+    add: tuple[tuple[str, str], ...] = ()
+
+
+#: Decides whether a caller may invoke the service, from the request's (lower-cased) headers and its target
+#: (path and query): None to let it through unchanged, else a :class:`Verdict`.
+Authorizer = Callable[[dict[str, str], str], "Verdict | None"]
 
 
 def google_error_page(code: int, reason: str, detail: str) -> str:
@@ -61,6 +81,13 @@ def google_error_page(code: int, reason: str, detail: str) -> str:
         f"<h2>{detail}</h2>\n"
         "<h2></h2>\n"
         "</body></html>\n"
+    )
+
+
+def forbidden_page(path: str) -> str:
+    """Cloud Run's 403 for a caller (or IAP's service agent) without roles/run.invoker."""
+    return google_error_page(
+        403, "Forbidden", f"Your client does not have permission to get URL <code>{path}</code> from this server."
     )
 
 
@@ -164,9 +191,9 @@ class FrontEnd:
         if not chunked and not length:
             h.body_consumed = True
         headers = {k.lower(): v for k, v in h.headers.items()}
-        denied = self.authorize(headers, h.path.split("?", 1)[0])
-        if denied is not None:
-            return self._reply(h, denied[0], denied[1])
+        verdict = self.authorize(headers, h.path)
+        if verdict is not None and verdict.status is not None:
+            return self._reply(h, verdict.status, verdict.page, verdict.headers)
         proc = self._pick()
         if proc is None:
             return self._reply(
@@ -176,8 +203,8 @@ class FrontEnd:
             )
         try:
             if proc.h2c:
-                return self._forward_h2(h, proc)
-            return self._forward_h1(h, proc)
+                return self._forward_h2(h, proc, verdict)
+            return self._forward_h1(h, proc, verdict)
         finally:
             proc.release()
 
@@ -219,7 +246,7 @@ class FrontEnd:
                 raise _TooLarge
             yield piece
 
-    def _forward_h1(self, h: _Handler, proc: RevisionProcess) -> int:
+    def _forward_h1(self, h: _Handler, proc: RevisionProcess, verdict: Verdict | None) -> int:
         chunked, length = self._body_length(h)
         if length is not None and length > MAX_HTTP1_BODY:
             return self._reply(h, 413, _TOO_LARGE)
@@ -227,7 +254,7 @@ class FrontEnd:
         try:
             try:
                 conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
-                for k, v in self._upstream_headers(h):
+                for k, v in self._upstream_headers(h, verdict):
                     conn.putheader(k, v)
                 if chunked:
                     conn.putheader("Transfer-Encoding", "chunked")
@@ -256,9 +283,9 @@ class FrontEnd:
         finally:
             conn.close()
 
-    def _forward_h2(self, h: _Handler, proc: RevisionProcess) -> int:
+    def _forward_h2(self, h: _Handler, proc: RevisionProcess, verdict: Verdict | None) -> int:
         chunked, length = self._body_length(h)
-        headers = list(self._upstream_headers(h))
+        headers = list(self._upstream_headers(h, verdict))
         if length is not None:
             headers.append(("Content-Length", str(length)))
         client = self._h2_client()
@@ -285,14 +312,25 @@ class FrontEnd:
         finally:
             resp.close()
 
-    def _upstream_headers(self, h: _Handler) -> Iterator[tuple[str, str]]:
+    def _upstream_headers(self, h: _Handler, verdict: Verdict | None = None) -> Iterator[tuple[str, str]]:
         has_host = False
+        drop = verdict.drop if verdict is not None else frozenset()
         for k, v in h.headers.items():
             lk = k.lower()
-            if lk in _HOP or lk in ("content-length", "x-forwarded-for", "x-forwarded-proto", "forwarded"):
+            if (
+                lk in _HOP
+                or lk in ("content-length", "x-forwarded-for", "x-forwarded-proto", "forwarded")
+                or lk in drop
+            ):
                 continue
+            if lk == "cookie" and verdict is not None and verdict.drop_cookies:
+                v = _without_cookies(v, verdict.drop_cookies)
+                if not v:
+                    continue
             has_host |= lk == "host"
             yield k, v
+        if verdict is not None:
+            yield from verdict.add
         if not has_host:
             yield "Host", f"127.0.0.1:{self.port}"
         client_ip = h.client_address[0]
@@ -353,7 +391,7 @@ class FrontEnd:
             h.close_connection = True
         return status
 
-    def _reply(self, h: _Handler, status: int, page: str) -> int:
+    def _reply(self, h: _Handler, status: int, page: str, headers: tuple[tuple[str, str], ...] = ()) -> int:
         """Answer from the front end itself, reading (and discarding) what is left of the body first so
         the caller is listening when the answer comes."""
         if not getattr(h, "body_consumed", False):
@@ -369,6 +407,8 @@ class FrontEnd:
         try:
             h.send_response_only(status, reason)
             h.send_header("Content-Type", "text/html; charset=UTF-8")
+            for k, v in headers:
+                h.send_header(k, v)
             h.send_header("Content-Length", str(len(data)))
             if h.close_connection:
                 h.send_header("Connection", "close")
@@ -419,8 +459,26 @@ def _read_chunked(h: _Handler) -> Iterator[bytes]:
         rfile.readline(3)  # the CRLF closing the chunk
 
 
+def _without_cookies(header: str, names: frozenset[str]) -> str:
+    """A ``Cookie`` header without the named cookies."""
+    kept = [c.strip() for c in header.split(";") if c.strip() and c.strip().split("=", 1)[0].strip() not in names]
+    return "; ".join(kept)
+
+
+def request_cookies(header: str) -> dict[str, str]:
+    """The cookies of a ``Cookie`` header (the first of a repeated name wins, as browsers send the most
+    specific first)."""
+    out: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name.strip() and name.strip() not in out:
+            out[name.strip()] = value.strip()
+    return out
+
+
 def decode_jwt_email(token: str) -> str | None:
-    """The ``email`` claim of a JWT, unverified: the emulator trusts the caller's identity token."""
+    """The ``email`` claim of a JWT, unverified: the invoker check trusts the caller's identity token (the IAP
+    gate, ``iapgate.py``, verifies its token)."""
     parts = token.split(".")
     if len(parts) != 3:
         return None

@@ -153,6 +153,9 @@ class Launch:
         # Google APIs: on Cloud Run the container reaches them with the runtime account's token from the metadata
         # server; here Cloud Storage is the emulator's (google-cloud-storage honours STORAGE_EMULATOR_HOST).
         env["STORAGE_EMULATOR_HOST"] = self.world.base_url
+        # IAP's signed header: on GCP the server fetches Google's real keys (https://www.gstatic.com/iap/verify/
+        # public_key); here the emulator's IAP key signs the assertions, so the server is pointed at its keys.
+        env["MLFLOW_GCP_IAP_CERTS_URL"] = f"{self.world.base_url}/_emulator/iap/verify/public_key"
 
         cloudsql = self._cloudsql_instances(rev, container)
         cloudsql_dir = self._cloudsql_dir(revision) if cloudsql else None

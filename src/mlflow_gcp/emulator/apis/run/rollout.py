@@ -203,6 +203,9 @@ class Rollout:
                 self.world.store.delete(STATE_KIND, name)
                 self.world.store.delete(SERVICE_KIND, name)
                 self.world.iam.delete(name)
+                iap = self.world.apis.get("iap")
+                if iap is not None:
+                    iap.service_deleted(name)
             # The deletion reconciled: its generation observed, Ready again (recorded:
             # tests/golden/recordings/run-service.tf.yaml, the DELETE's finished operation).
             before = [svc.get("terminalCondition", {})]

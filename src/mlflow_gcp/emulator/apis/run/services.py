@@ -169,6 +169,14 @@ class CloudRunApi(Rollout, Launch, Traffic, SecretEnv, CloudSqlLinks, Invoker, W
             raise self._not_found("SERVICE", name)
         return svc
 
+    def find_service(self, name: str) -> dict[str, Any] | None:
+        """The service ``projects/ID/locations/REGION/services/S`` as stored, or None (for the IAP API)."""
+        return self.world.store.get(SERVICE_KIND, name)
+
+    def service_at(self, origin: str) -> dict[str, Any] | None:
+        """The service whose front end is at ``origin`` (``http://127.0.0.1:PORT``), or None."""
+        return next((s for s in self.world.store.list(SERVICE_KIND) if s.get("uri") == origin), None)
+
     def _service_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._service_locks.setdefault(name, threading.Lock())

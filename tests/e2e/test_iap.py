@@ -366,3 +366,12 @@ def test_a_switch_killed_after_any_mutation_converges(emulator: Emulator, tmp_pa
         assert status["ok"] and status["access"]["mode"] == target, (k, status)
         s.configure(start)
         s.up()
+
+
+def test_down_removes_an_iap_stack(stack: Stack):
+    stack.configure("iap")
+    stack.up()
+    down = stack.cli("down", "--config", str(stack.config_file), "--yes", "--json", check=False)
+    assert down.code == 0, down.stderr
+    actions = {o["resource"]: o["action"] for o in json.loads(down.stdout)["outcomes"]}
+    assert actions["run"] == "deleted" and actions["iap:access"] in ("deleted", "absent"), actions

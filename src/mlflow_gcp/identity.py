@@ -28,6 +28,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,7 +140,11 @@ def _fetch(audience: str) -> str:
 
     request = Request()
     try:
-        credentials, _ = google.auth.default()
+        with warnings.catch_warnings():
+            # "authenticated using end user credentials ... without a quota project": about quota on API calls; an ID
+            # token needs none.
+            warnings.simplefilter("ignore", UserWarning)
+            credentials, _ = google.auth.default()
     except exceptions.DefaultCredentialsError as exc:
         raise NoIdentity(f"no Application Default Credentials ({exc})") from None
     try:

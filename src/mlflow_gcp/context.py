@@ -46,6 +46,16 @@ class Context:
         #: When this run last granted a role to a member (time.monotonic()), for waiting out IAM propagation.
         self._granted_at: dict[str, float] = {}
 
+    def fork(self) -> Context:
+        """A context for a dry run ahead of the real one (`up`'s plan): the same configuration, clients, state and
+        builder, but facts of its own, so what the plan assumes for resources that do not exist yet never reaches
+        the run that creates them."""
+        other = Context(self.config, self.names, self.clients, self.state, log=self._log, deadline=self.deadline)
+        with self._lock:
+            other._facts = {key: dict(facts) for key, facts in self._facts.items()}
+        other.builder, other.builder_reason = self.builder, self.builder_reason
+        return other
+
     def granted(self, member: str) -> None:
         with self._lock:
             self._granted_at[member] = time.monotonic()

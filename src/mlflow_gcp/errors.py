@@ -27,6 +27,10 @@ class ExitCode(IntEnum):
     PERMISSION = 8
     #: The user declined a confirmation, or it was needed without a terminal.
     ABORTED = 9
+    #: `users`: no such MLflow user, experiment or registered model.
+    NOT_FOUND = 10
+    #: `users add`: an MLflow user of that name exists already.
+    EXISTS = 11
     INTERRUPTED = 130
 
 
@@ -68,3 +72,11 @@ class GcpPermissionError(MlflowGcpError):
 
 class AbortedError(MlflowGcpError):
     exit_code = ExitCode.ABORTED
+
+
+class NotFoundError(MlflowGcpError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ExistsError(MlflowGcpError):
+    exit_code = ExitCode.EXISTS

@@ -24,7 +24,8 @@ credential caches, so the old password stops working everywhere), then the old v
 Every step is recorded in the state file before the next starts (``rotation``: the step, the users and the
 secret version numbers, never a value), and each step is safe to repeat, so running the command again after a
 crash finishes the rotation. If the new revision fails, Cloud Run leaves traffic on the old one; nothing old has
-been retired then, the command says so and fails, and running it again retries from the password step.
+been retired then, the command says so and fails (with the failing condition and the last lines the revision
+logged), and running it again retries from the password step.
 """
 
 from __future__ import annotations
@@ -304,9 +305,9 @@ class Rotation:
             back = "set-password" if self.credential == "db" else "deploy"
             self._save(rot, back)
             raise RotationFailed(
-                f"The new revision did not become ready: {failure} Traffic stays on the current revision with the "
-                "current credentials; nothing was retired.",
-                hint="See the revision's logs; run the command again to retry.",
+                "The new revision did not become ready. Traffic stays on the current revision with the current "
+                "credentials; nothing was retired.\n  " + failure.replace("\n", "\n  "),
+                hint="Fix what the revision's log shows, then run the command again to retry.",
             )
         health = self._health(rot)
         if not health.ok:
@@ -323,10 +324,12 @@ class Rotation:
 
     def _roll_out(self, credentials: Credentials | None) -> str:
         """Deploy the service as `up` would with these credentials (None: the recorded ones) and wait until the new
-        revision serves all traffic. Returns why it failed ("" when it serves)."""
+        revision serves all traffic. Returns why it failed ("" when it serves): for a revision that did not become
+        ready, its failing condition, the last lines it logged and the command that shows more."""
         from google.api_core import exceptions
 
         from .resources.run import Service, serving_revisions
+        from .server_logs import RevisionFailed, failed_revision
 
         svc = Service(self.ctx, credentials)
         live = self._settled(svc)
@@ -338,6 +341,8 @@ class Rotation:
                 svc.update(live, changes)
             else:
                 self.say("The new revision already serves (deployed by an earlier run).")
+        except RevisionFailed as failed:
+            return "\n".join(failed.report)
         except exceptions.GoogleAPICallError as exc:
             live = svc.find()
             if live is None or live.latest_ready_revision == live.latest_created_revision:
@@ -346,7 +351,8 @@ class Rotation:
         live = self._settled(svc)
         created = live.latest_created_revision.rsplit("/", 1)[-1]
         if live.latest_ready_revision != live.latest_created_revision:
-            return f"revision {created} is not ready."
+            failed = failed_revision(self.ctx, live)
+            return "\n".join(failed.report) if failed else f"revision {created} is not ready."
         serving = serving_revisions(live)  # a LATEST target names no revision on real GCP
         if serving != {created}:
             return f"traffic is on {sorted(serving)}, not on {created}."

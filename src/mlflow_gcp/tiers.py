@@ -77,6 +77,17 @@ def memory_gib(tier: str) -> float | None:
     return None
 
 
+def vcpus(tier: str) -> int | None:
+    """The vCPUs of a dedicated-core tier (what Cloud SQL bills per vCPU-hour), or None for a shared-core tier (billed
+    as a whole) or an unknown one."""
+    if memory_gib(tier) is None or tier in SHARED_CORE_GIB:
+        return None
+    if m := _N1.match(tier):
+        return int(m.group(2))
+    m = _CUSTOM.match(tier) or _PERF.match(tier)
+    return int(m.group(1)) if m else None
+
+
 def tier_problem(tier: str, edition: str = "ENTERPRISE") -> str | None:
     """Why Cloud SQL for PostgreSQL in ``edition`` refuses ``tier`` (a message naming the rule), or None. The one
     tier check: the tool validates its configuration with it, the emulator its instances."""

@@ -73,6 +73,26 @@ def cli(emulator: Emulator, tmp_path: Path) -> Cli:
     return make_cli(emulator, tmp_path)
 
 
+@dataclass
+class Deployed:
+    """A stack `up` made, and what that cold `up` printed."""
+
+    cli: Cli
+    url: str
+    up: Result
+
+
+@pytest.fixture(scope="session")
+def basic_stack(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    """One basic-mode stack with the defaults, for the tests that only use one (`users`, `open`, the README's
+    transcript of `up`): an `up` costs about 20 s. Its login cache is 2 s instead of 60, so a changed or removed
+    password stops working within seconds (MLflow caches a verified login per worker that long)."""
+    cli = make_cli(emulator, tmp_path_factory.mktemp("basic"))
+    cli.env["MLFLOW_GCP_SERVER_AUTH_CACHE_TTL_SECONDS"] = "2"
+    up = cli("up", "--json")
+    return Deployed(cli, up.json()["url"], up)
+
+
 @pytest.fixture
 def admin(emulator: Emulator) -> Iterator[EmulatorAdmin]:
     yield EmulatorAdmin(emulator.base_url)

@@ -19,6 +19,7 @@ from google.api_core import exceptions
 
 from mlflow_gcp.engine import Change, Engine
 from mlflow_gcp.fields import Owned
+from mlflow_gcp.server_logs import RevisionFailed
 from tests.e2e.conftest import Cli, make_cli, mutations_during
 
 # Fields that cannot drift behind the tool's back, and why (refused changes are tested by test_refusals).
@@ -134,7 +135,7 @@ def _drift(resource: Any, f: Owned) -> None:
     resource.owned_fields = drifted
     try:
         resource.update(resource.find(), [Change(path, None, value) for path, value in wrong.items()])
-    except exceptions.FailedPrecondition as exc:
+    except (exceptions.FailedPrecondition, RevisionFailed) as exc:
         # A server that cannot start with the drifted value: Cloud Run keeps serving the last ready revision and
         # the service's template holds the change all the same, which is the drift to find and repair.
         assert "not ready" in str(exc), exc

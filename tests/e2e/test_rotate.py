@@ -318,6 +318,9 @@ def test_a_failed_revision_leaves_traffic_and_credentials_in_place(deployment: D
     failed = d.cli("rotate-password", check=False)
     assert failed.code == 1, failed.stderr
     assert "Traffic stays on the current revision" in failed.stderr and "nothing was retired" in failed.stderr
+    # Why, in the server's own words: the last lines the new revision logged, and where to see more.
+    tail = failed.stderr.split("last lines it logged:", 1)[-1]
+    assert f"the database refuses the login of {standby}" in tail and "mlflow-gcp logs --revision " in tail
     assert d.state()["rotation"]["phase"] == "set-password"
     # Nothing retired: the server and the old login work, the old version is still the enabled, pinned one.
     assert d.db_login() == before

@@ -9,7 +9,8 @@ PROBE = """
 import sys
 from click.testing import CliRunner
 from mlflow_gcp.cli import cli
-for args in (["--help"], ["up", "--help"], ["status", "--help"], ["rotate-password", "--help"]):
+for args in (["--help"], ["up", "--help"], ["status", "--help"], ["rotate-password", "--help"],
+             ["users", "add", "--help"], ["open", "--help"]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("google", "googleapiclient", "grpc", "docker", "mlflow"))
 print(",".join(heavy))

@@ -9,9 +9,12 @@ from .. import __version__
 from .down import down
 from .emulator import emulator
 from .env import env_command
+from .logs import logs
+from .open import open_command
 from .rotate import rotate_password
 from .status import status
 from .up import up
+from .users import users
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -41,12 +44,15 @@ def cli(verbose: int) -> None:
     mlflow-gcp up --local                  the same on the local GCP emulator
     mlflow-gcp status                      every resource against what it should be
     mlflow-gcp env                         credentials for MLflow clients
+    mlflow-gcp logs [--follow]             the server's log entries (Cloud Logging)
     mlflow-gcp rotate-password [--admin]   new credentials, no downtime
+    mlflow-gcp users add NAME              MLflow users and their permissions (basic-auth mode)
+    mlflow-gcp open                        the MLflow UI in your browser
     mlflow-gcp down                        remove it (data only with --delete-data)
     """
 
 
-for command in (up, status, down, env_command, rotate_password, emulator):
+for command in (up, status, down, env_command, rotate_password, emulator, users, open_command, logs):
     cli.add_command(command)
 
 

@@ -76,12 +76,17 @@ def stop(data_dir: Path) -> None:
 
 @emulator.command()
 @data_dir_option
-def status(data_dir: Path) -> None:
-    """Say whether the background emulator runs, and where."""
+@click.option("--json", "as_json", is_flag=True, help="Print pid, base URL and endpoints as JSON on stdout.")
+def status(data_dir: Path, as_json: bool) -> None:
+    """Say whether the background emulator runs, and where (exit code 1 when it does not)."""
     from ..emulator.daemon import find_running
 
     info = find_running(data_dir)
-    if info is None:
+    if as_json:
+        click.echo(json.dumps({"running": info is not None, **(info or {})}, indent=2))
+    elif info is None:
         click.echo("Not running.")
+    else:
+        _print_endpoints(info)
+    if info is None:
         sys.exit(1)
-    _print_endpoints(info)

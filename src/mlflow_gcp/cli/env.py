@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from ..errors import MlflowGcpError
 from .app import App, config_options, run_command
 
 
@@ -26,14 +25,9 @@ def env_command(ctx: click.Context, **params: Any) -> None:
 
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
     with app.session("env", lock=False) as run_ctx:
-        from ..resources.run import Service, recorded_url
+        from ..resources.run import service_url
 
-        url = recorded_url(run_ctx.state)
-        if not url:
-            service = Service(run_ctx).find()
-            url = service.uri if service is not None else None
-        if not url:
-            raise MlflowGcpError("No MLflow service found for this environment.", hint="Run `mlflow-gcp up` first.")
+        url = service_url(run_ctx)
         if run_ctx.config.access.mode == "iap":
             from .. import identity
 

@@ -71,6 +71,10 @@ def status(ctx: click.Context, **params: Any) -> None:
             "builder": builds.resolve(run_ctx),
             "builder_reason": run_ctx.builder_reason,
         }
+        from ..cost import describe, existing_estimate
+
+        # What exists, priced: what is missing costs nothing; a drifted field is priced as it is live.
+        estimate = existing_estimate(run_ctx, outcomes)
     healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok
     if params["as_json"]:
         report = {
@@ -82,6 +86,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             "server": health.as_dict() if health else None,
             "secret_versions": secrets,
             "rotations": rotations,
+            "estimate": estimate.as_dict(),
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -111,5 +116,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             if info.get("in_progress"):
                 extra += f"; a rotation is in progress at step {info['in_progress']['step']}: run rotate-password again"
             click.echo(f"Last rotated, {LABEL[credential]}: {when}{extra}")
+        for line in describe(estimate):
+            click.echo(line)
     if not healthy:
         ctx.exit(int(ExitCode.UNHEALTHY))

@@ -23,7 +23,12 @@ from .app import App, config_options, describe_builder, run_command
 @click.option("--tier", "tier", default=None, help="Cloud SQL tier [default: db-custom-1-3840].")
 @click.option("--max-instances", type=int, default=None, help="Cloud Run max instances [default: 10].")
 @click.option("--create-client-key", is_flag=True, default=None, help="Also create a client service account key.")
-@click.option("--dry-run", is_flag=True, help="Show what would be created or changed, changing nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be created or changed, and its monthly cost, changing nothing."
+)
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask before creating or changing billable resources (for scripts)."
+)
 @click.option("--break-lock", is_flag=True, help="Remove a lock left by a run that died, then proceed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
 @click.pass_context
@@ -51,6 +56,10 @@ def up(ctx: click.Context, **params: Any) -> None:
         what = "Planning" if dry_run else "Provisioning"
         term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
         term.line(describe_builder(run_ctx))
+        from ..cost import asks, confirm_spending
+
+        if not dry_run and asks(app.local, params["yes"]):
+            confirm_spending(run_ctx, term)
         with term:
             try:
                 outcomes = Engine(run_ctx, term).apply(resources(run_ctx), dry_run=dry_run)
@@ -73,6 +82,13 @@ def up(ctx: click.Context, **params: Any) -> None:
     counts = summarize(outcomes)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
     term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")
+    estimate = None
+    if dry_run:
+        from ..cost import describe, marks, planned_estimate
+
+        estimate = planned_estimate(run_ctx)
+        for line in describe(estimate, marks(outcomes)):
+            term.line(line)
     if url and not dry_run:
         term.line(f"MLflow is at {url}")
         env_command = "mlflow-gcp env" + (" --local" if app.local else "")
@@ -84,4 +100,7 @@ def up(ctx: click.Context, **params: Any) -> None:
         else:
             term.line(f"Credentials for clients: {env_command}")
     if params["as_json"]:
-        click.echo(json.dumps({"ok": True, "url": url, "outcomes": [o.as_dict() for o in outcomes]}, indent=2))
+        report: dict[str, Any] = {"ok": True, "url": url, "outcomes": [o.as_dict() for o in outcomes]}
+        if estimate is not None:
+            report["estimate"] = estimate.as_dict()
+        click.echo(json.dumps(report, indent=2))

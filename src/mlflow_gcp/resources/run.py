@@ -159,6 +159,26 @@ def recorded_url(state: Any) -> str | None:
     return (state.get("run") or {}).get("url")
 
 
+def service_url(ctx: Any) -> str:
+    """The service URL for a command that reaches MLflow (`env`, `open`, `users`): the recorded one, else the live
+    service's (a state written elsewhere or lost); an error saying to run `up` when there is no service."""
+    from ..errors import MlflowGcpError
+    from ..retry import is_service_disabled
+
+    url = recorded_url(ctx.state)
+    if not url:
+        try:
+            service = Service(ctx).find()
+        except Exception as exc:
+            if not is_service_disabled(exc):
+                raise
+            service = None  # the Cloud Run API is not even enabled: nothing was deployed here
+        url = service.uri if service is not None else None
+    if not url:
+        raise MlflowGcpError("No MLflow service found for this environment.", hint="Run `mlflow-gcp up` first.")
+    return str(url)
+
+
 def serving_revisions(service: Any) -> set[str]:
     """Short names of the revisions that take traffic, from a live run_v2.Service.
 
@@ -418,8 +438,7 @@ class Service(Resource):
             actual = self.settle(self.find())
             changes = self.diff(actual)
             return self.update(actual, changes) if changes else actual
-        service = self.ctx.wait(op, self.kind)
-        return self._after_deploy(service)
+        return self._after_deploy(self._deployed(op))
 
     def update(self, actual: Any, changes: list[Change]) -> Any:
         from google.cloud import run_v2
@@ -446,7 +465,23 @@ class Service(Resource):
             run.update_service,
             request={"service": service, "update_mask": {"paths": sorted(mask)}},
         )
-        return self._after_deploy(self.ctx.wait(op, self.kind))
+        return self._after_deploy(self._deployed(op))
+
+    def _deployed(self, op: Any) -> Any:
+        """The service once its deploy finished. A revision that did not become ready fails with what a person
+        needs to fix it: the failing condition, the last lines the revision logged and the command that shows more
+        (server_logs.RevisionFailed), instead of Cloud Run's bare error."""
+        from google.api_core import exceptions
+
+        from ..server_logs import failed_revision
+
+        try:
+            return self.ctx.wait(op, self.kind)
+        except exceptions.GoogleAPICallError:
+            failed = failed_revision(self.ctx, self.find())
+            if failed is None:
+                raise
+            raise failed from None
 
     def _after_deploy(self, service: Any) -> Any:
         """If the server must also accept a host only known now (its URL), roll once more."""

@@ -1,5 +1,5 @@
 """Cloud Logging v2: ``entries.write`` and ``entries.list``, and :meth:`LoggingApi.append` for the other
-emulated services (Cloud Build writes its build logs here; Cloud Run revision logs can follow).
+emulated services (Cloud Build writes its build logs here, Cloud Run what its revisions write: run/logs.py).
 
 Behaviour kept from GCP (the API's own reference, bundled as googleapiclient's ``logging.v2`` discovery
 document, is the source of each rule below):
@@ -46,6 +46,8 @@ SEVERITY_RANK = {name: i * 100 for i, name in enumerate(SEVERITIES)}
 _TIMESTAMP_FIELDS = {("timestamp",), ("receiveTimestamp",)}
 _LOG_NAME = re.compile(r"^(projects|organizations|folders|billingAccounts)/([^/]+)/logs/([^/]+)$")
 _RESOURCE_NAME = re.compile(r"^(projects|organizations|folders|billingAccounts)/([^/]+)(/.*)?$")
+#: Listings kept for their next pages (see LoggingApi._matching).
+_KEPT_ANSWERS = 8
 _RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?$")
 
 
@@ -91,6 +93,10 @@ class LoggingApi(ApiModule):
         self._lock = threading.RLock()
         self._entries: dict[str, list[dict[str, Any]]] = {}
         self._last_nanos = 0
+        #: time.time_ns() of the last reset.
+        self._reset_at = 0
+        #: (projects, filter, newest first) -> (the projects' entry counts then, the matching entries in order)
+        self._answers: dict[tuple[Any, ...], tuple[tuple[int, ...], list[dict[str, Any]]]] = {}
 
     @property
     def root(self) -> Path:
@@ -99,17 +105,25 @@ class LoggingApi(ApiModule):
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._answers.clear()
+            self._reset_at = time.time_ns()
             shutil.rmtree(self.root, ignore_errors=True)
 
     # --- public, for other modules --------------------------------------------------------------------------
 
-    def append(self, project: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def append(
+        self, project: str, entries: list[dict[str, Any]], *, written_at: int | None = None
+    ) -> list[dict[str, Any]]:
         """Store LogEntry JSON objects in ``project`` (id or number) as Logging ingests them: a missing
         ``timestamp``, ``receiveTimestamp`` or ``insertId`` is filled, in list order. Each entry must carry
-        its ``logName`` and ``resource``. Returns the stored entries."""
+        its ``logName`` and ``resource``. Returns the stored entries. ``written_at`` (time.time_ns()): when the
+        oldest of them was written; entries written before the last reset are dropped (a Cloud Run revision the
+        reset stopped may still be flushing its output)."""
         pid = self.world.project(project)["projectId"]
         stored = []
         with self._lock:
+            if written_at is not None and written_at < self._reset_at:
+                return []
             entries_of = self._load(pid)
             lines = []
             for entry in entries:
@@ -212,23 +226,37 @@ class LoggingApi(ApiModule):
         if order not in ("timestamp asc", "timestamp desc", "timestamp"):
             raise invalid(f'Invalid order by: "{body.get("orderBy")}". Only "timestamp asc" and "timestamp desc" '
                           "are supported.")  # fmt: skip
-        try:
-            query = parse_filter(body.get("filter") or "")
-            found = []
-            for pid in projects:
-                for entry in self.entries(pid):
-                    if query.matches(_entry_fields(entry), key=_order_key):
-                        found.append(entry)
-        except FilterError as err:
-            raise invalid(err.message) from None
-        found.sort(key=lambda e: (rfc3339_nanos(e.get("timestamp", "")) or 0, e.get("insertId", "")))
-        if order == "timestamp desc":
-            found.reverse()
+        found = self._matching(projects, body.get("filter") or "", order == "timestamp desc")
         items, token = page(found, body, default=50, maximum=1000, opaque=True)
         out: dict[str, Any] = {"entries": items} if items else {}
         if token:
             out["nextPageToken"] = token
         return out
+
+    def _matching(self, projects: list[str], source: str, newest_first: bool) -> list[dict[str, Any]]:
+        """The entries of ``projects`` matching the filter ``source``, in order. Evaluating a filter costs about
+        10 µs an entry, so the answer is kept (for the last few queries) while no entry was added: the next pages
+        of a listing, and the same listing again, do not scan a chatty revision's entries once more."""
+        with self._lock:
+            sizes = tuple(len(self._load(pid)) for pid in projects)
+            key = (tuple(projects), source, newest_first)
+            kept = self._answers.get(key)
+            if kept is not None and kept[0] == sizes:
+                return kept[1]
+            entries = [e for pid in projects for e in self._load(pid)]
+        try:
+            query = parse_filter(source)
+            found = [e for e in entries if query.matches(_entry_fields(e), key=_order_key)]
+        except FilterError as err:
+            raise invalid(err.message) from None
+        found.sort(key=lambda e: (rfc3339_nanos(e.get("timestamp", "")) or 0, e.get("insertId", "")))
+        if newest_first:
+            found.reverse()
+        with self._lock:
+            self._answers[key] = (sizes, found)
+            while len(self._answers) > _KEPT_ANSWERS:
+                del self._answers[next(iter(self._answers))]
+        return found
 
 
 def _entry_fields(entry: dict[str, Any]) -> Any:

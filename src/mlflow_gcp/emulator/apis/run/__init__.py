@@ -31,6 +31,10 @@ How a revision maps to the host (see also ``core/images.py``):
 - IAP's keys — the third seam: on GCP the server fetches Google's real keys to verify IAP's signed header
   (https://www.gstatic.com/iap/verify/public_key); here ``MLFLOW_GCP_IAP_CERTS_URL`` points at the emulator's
   ``/_emulator/iap/verify/public_key``, whose key signs the assertions the emulated IAP adds.
+- Logs: each line a revision's process writes to stdout or stderr is a Cloud Logging entry as Cloud Run
+  writes it (``run.googleapis.com/stdout``/``stderr`` on a ``cloud_run_revision`` resource, structured JSON lines
+  parsed; ``run/logs.py``), and Cloud Run's own lines about an instance go to ``varlog/system``; the revision's
+  ``logUri`` is a text file of all of them.
 - Other volumes (secrets, emptyDir, GCS, NFS) are recorded, not mounted; sidecar containers are recorded,
   not run.
 - One process stands for all of a revision's instances: scaling limits (min/max instances,

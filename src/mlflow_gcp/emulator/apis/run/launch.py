@@ -24,6 +24,7 @@ from .common import (
     _RevisionFailure,
     _seconds,
 )
+from .logs import RevisionLog
 from .revisions import (
     GRACE_SECONDS,
     Probe,
@@ -65,6 +66,7 @@ class Launch:
             return proc
         # Stop it before letting go of it, so a reset racing with this never loses track of a process.
         proc.stop(grace=GRACE_SECONDS)
+        proc.log.drain()  # its last lines come before Cloud Run's about its end
         with self._lock:
             if self._procs.get(revision) is proc:
                 del self._procs[revision]
@@ -74,18 +76,22 @@ class Launch:
         label = f' for container "{container["name"]}"' if container.get("name") else ""
         code = proc.proc.returncode
         if why == "exit":
-            proc.system_log(_exit_line(code))
+            proc.system_log(_exit_line(code), "ERROR")
         elif probe.default:
             proc.system_log(
                 f"Default STARTUP TCP probe failed {probe.failure_threshold} time consecutively{label} on port "
-                f"{port}. The instance was not started."
+                f"{port}. The instance was not started.",
+                "ERROR",
             )
         else:
             where = f' path "{probe.path}"' if probe.kind == "http" else ""
             proc.system_log(
                 f"STARTUP {probe.kind.upper()} probe failed {probe.failure_threshold} times consecutively{label} "
-                f"on port {port}{where}. The instance was not started."
+                f"on port {port}{where}. The instance was not started.",
+                "ERROR",
             )
+        # Its last lines are in Cloud Logging before the deploy fails, for whoever reads them next.
+        proc.log.flush()
         logs = f"Logs URL: {proc.log_path.as_uri()}\n{_TROUBLESHOOTING}#container-failed-to-start"
         if why == "exit" or probe.default:
             detail = (
@@ -172,20 +178,21 @@ class Launch:
         if container.get("workingDir"):
             mapped = Path(record.host_path(container["workingDir"]))
             cwd = mapped if mapped.is_dir() else cwd
-        log_path = self._log_path(revision)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = RevisionLog(revision, self._log_path(revision), self._log_shipper)
+        log.path.parent.mkdir(parents=True, exist_ok=True)
         self._check_epoch(epoch)
         try:
-            popen = self._spawner.spawn(argv, env=env, cwd=cwd, log=log_path)
+            popen = self._spawner.spawn(argv, env=env, cwd=cwd)
         except OSError as exc:
             raise _RevisionFailure(f"Application failed to start: {exc.strerror or exc}", container=True) from None
+        log.follow(popen.stdout, popen.stderr)
         proc = RevisionProcess(
             revision,
             popen,
             port=port,
             container_port=int(container["ports"][0]["containerPort"]),
             h2c=container["ports"][0].get("name") == "h2c",
-            log_path=log_path,
+            log=log,
             cloudsql_dir=cloudsql_dir,
         )
         proc.request_timeout = _seconds(rev.get("timeout"), 300.0)

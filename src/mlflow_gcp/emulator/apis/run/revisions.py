@@ -4,7 +4,8 @@ One process stands for the revision's instances (see the package docstring). Pro
 one long-lived thread through a tiny launcher that asks Linux to SIGTERM the process when the emulator
 dies (``PR_SET_PDEATHSIG`` is tied to the *thread* that forked, hence the dedicated thread); every process
 leads its own process group, so stopping it also stops the workers it forked. Their pids are recorded so
-an emulator restarted after a crash can reap what the previous one left behind.
+an emulator restarted after a crash can reap what the previous one left behind. Their stdout and stderr are
+pipes read by the revision's log (``logs.py``): Cloud Run tells the two streams apart in Cloud Logging.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .logs import RevisionLog
 
 #: Seconds between SIGTERM and SIGKILL, as Cloud Run gives a container on shutdown.
 GRACE_SECONDS = 10.0
@@ -78,29 +81,29 @@ class Spawner:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        """Start ``argv``; its stdout and stderr are pipes, for the revision's log (see ``logs.py``) to read."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="run-spawner", daemon=True)
                 self._thread.start()
         fut: Future[subprocess.Popen[bytes]] = Future()
-        self._queue.put(({"argv": argv, "env": env, "cwd": cwd, "log": log}, fut))
+        self._queue.put(({"argv": argv, "env": env, "cwd": cwd}, fut))
         return fut.result()
 
     def _run(self) -> None:
         while True:
             job, fut = self._queue.get()
             try:
-                with job["log"].open("ab") as out:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *job["argv"]],
-                        env=job["env"],
-                        cwd=job["cwd"],
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *job["argv"]],
+                    env=job["env"],
+                    cwd=job["cwd"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
                 fut.set_result(proc)
             except BaseException as exc:  # handed to the caller, which fails the revision
                 fut.set_exception(exc)
@@ -132,7 +135,7 @@ class RevisionProcess:
         port: int,
         container_port: int,
         h2c: bool,
-        log_path: Path,
+        log: RevisionLog,
         cloudsql_dir: Path | None,
     ) -> None:
         self.revision = revision  # full resource name
@@ -140,7 +143,8 @@ class RevisionProcess:
         self.port = port
         self.container_port = container_port
         self.h2c = h2c
-        self.log_path = log_path
+        #: Where its output goes: the text file ``log.path`` and Cloud Logging.
+        self.log = log
         self.cloudsql_dir = cloudsql_dir
         self.ready = False
         #: The revision's request timeout (``template.timeout``), which the front end applies.
@@ -160,10 +164,13 @@ class RevisionProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def system_log(self, line: str) -> None:
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
+
+    def system_log(self, line: str, severity: str = "INFO") -> None:
         """A line in the revision's log as Cloud Run's own (varlog/system) entries read."""
-        with contextlib.suppress(OSError), self.log_path.open("a") as f:
-            f.write(f"[cloud run] {line}\n")
+        self.log.system(line, severity)
 
     # --- requests in flight -----------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from .common import (
 from .frontend import FrontEnd
 from .invoker import Invoker
 from .launch import Launch
+from .logs import LogShipper
 from .revisions import (
     GRACE_SECONDS,
     RevisionProcess,
@@ -141,6 +142,7 @@ class CloudRunApi(Rollout, Launch, Traffic, SecretEnv, CloudSqlLinks, Invoker, W
         self._restarts: dict[str, tuple[int, float]] = {}
         self._epoch = 0
         self._spawner = Spawner()
+        self._log_shipper = LogShipper(self.world)
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -753,6 +755,7 @@ class CloudRunApi(Rollout, Launch, Traffic, SecretEnv, CloudSqlLinks, Invoker, W
     def shutdown(self) -> None:
         self._stop.set()
         self._stop_everything()
+        self._log_shipper.flush(timeout=2.0)  # the stopped instances' last lines
         self._remove_cloudsql_targets()
 
     def restore(self) -> None:

@@ -43,7 +43,7 @@ class Watchdog:
                 continue
             if proc.ready and not proc.alive():
                 # A serving instance died: Cloud Run starts another one, backing off while it keeps dying.
-                proc.system_log(_exit_line(proc.proc.returncode))
+                proc.system_log(_exit_line(proc.proc.returncode), "ERROR")
                 with self._lock:
                     if self._procs.get(revision) is proc:
                         del self._procs[revision]

@@ -138,7 +138,7 @@ def _drift(resource: Any, f: Owned) -> None:
     except (exceptions.FailedPrecondition, RevisionFailed) as exc:
         # A server that cannot start with the drifted value: Cloud Run keeps serving the last ready revision and
         # the service's template holds the change all the same, which is the drift to find and repair.
-        assert "not ready" in str(exc), exc
+        assert "not ready" in str(exc) or "did not become ready" in str(exc), exc
     finally:
         resource.owned_fields = original
 

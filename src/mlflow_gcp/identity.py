@@ -63,37 +63,52 @@ def _registry_path() -> Path:
     return config_dir() / REGISTRY_FILE
 
 
+_registry_cache: dict[Path, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
 def _read_registry() -> dict[str, str]:
+    """The registry, re-read only when the file changed: the plugin asks on every MLflow request."""
+    path = _registry_path()
     try:
-        data = json.loads(_registry_path().read_text())
+        stat = path.stat()
+    except OSError:
+        return {}
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    cached = _registry_cache.get(path)
+    if cached and cached[0] == stamp:
+        return dict(cached[1])
+    try:
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    registry = (
+        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+    )
+    _registry_cache[path] = (stamp, registry)
+    return dict(registry)
 
 
-def register(url: str, audience: str = ADC_CLIENT_ID) -> None:
-    """Remember that ``url`` is a deployment behind IAP taking ID tokens for ``audience`` (atomic replace)."""
-    registry = _read_registry()
-    if registry.get(_origin(url)) == audience:
-        return
-    registry[_origin(url)] = audience
+def _write_registry(registry: dict[str, str]) -> None:
+    """Replace the file atomically (a reader never sees half of it)."""
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+    _registry_cache.pop(path, None)  # a write within the file system's timestamp granularity must not look unchanged
+
+
+def register(url: str, audience: str = ADC_CLIENT_ID) -> None:
+    """Remember that ``url`` is a deployment behind IAP taking ID tokens for ``audience``."""
+    registry = _read_registry()
+    if registry.get(_origin(url)) != audience:
+        _write_registry({**registry, _origin(url): audience})
 
 
 def unregister(url: str) -> None:
     registry = _read_registry()
-    if registry.pop(_origin(url), None) is None:
-        return
-    path = _registry_path()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    if registry.pop(_origin(url), None) is not None:
+        _write_registry(registry)
 
 
 def audience_for(url: str) -> str | None:

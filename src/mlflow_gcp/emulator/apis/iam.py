@@ -82,10 +82,8 @@ def _generate_key(bits: int, common_name: str) -> tuple[Any, bytes, bytes]:
     A real RSA key when ``cryptography`` is importable (so google-auth can sign with it); otherwise an
     obviously fake, well-formed PEM pair."""
     try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
     except ImportError:  # pragma: no cover - cryptography is a dependency of google-auth's extras
         fake = base64.encodebytes(b"EMULATOR FAKE KEY - NOT A REAL RSA KEY").decode()
         return (
@@ -97,19 +95,9 @@ def _generate_key(bits: int, common_name: str) -> tuple[Any, bytes, bytes]:
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    return key, private_pem, cert.public_bytes(serialization.Encoding.PEM)
+    from ..core.identity import self_signed
+
+    return key, private_pem, self_signed(key, common_name, backdate=timedelta(minutes=1))
 
 
 def _pkcs12(key: Any, cert_pem: bytes, private_pem: bytes) -> bytes:

@@ -114,7 +114,9 @@ def _kid(public_key: Any) -> str:
     return hashlib.sha1(der).hexdigest()
 
 
-def _self_signed(key: rsa.RSAPrivateKey, name: str) -> bytes:
+def self_signed(key: rsa.RSAPrivateKey, name: str, *, backdate: timedelta = timedelta(days=1)) -> bytes:
+    """A self-signed X.509 certificate (PEM) for ``key``, valid from ``backdate`` ago for ten years: how Google
+    publishes its token-signing keys, and what IAM hands out with a service account key."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
     cert = (
@@ -123,7 +125,7 @@ def _self_signed(key: rsa.RSAPrivateKey, name: str) -> bytes:
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
+        .not_valid_before(now - backdate)
         .not_valid_after(now + timedelta(days=3650))
         .sign(key, hashes.SHA256())
     )
@@ -169,7 +171,7 @@ class Identity:
                 if cert_path.exists():
                     self._oidc_cert = cert_path.read_bytes()
                 else:
-                    self._oidc_cert = _self_signed(key, "emulated accounts.google.com")
+                    self._oidc_cert = self_signed(key, "emulated accounts.google.com")
                     cert_path.write_bytes(self._oidc_cert)
                 self._oidc = key
             return self._oidc

@@ -295,6 +295,10 @@ def test_the_ui_loads_behind_iap_in_a_browser(stack: Stack, tmp_path: Path):
         try:
             for email, allowed in ((ANA, True), (CARL, False)):
                 page = browser.new_context().new_page()
+                # What the page saw, for the failure message: answers >= 400 and console errors.
+                seen: list[str] = []
+                page.on("response", lambda r, seen=seen: r.status >= 400 and seen.append(f"{r.status} {r.url}"))
+                page.on("console", lambda m, seen=seen: m.type == "error" and seen.append(f"console: {m.text}"))
                 page.goto(f"{stack.url}/#/experiments/{experiment}/runs")
                 page.fill("input[name=email]", email)
                 page.click("button[type=submit]")
@@ -306,7 +310,7 @@ def test_the_ui_loads_behind_iap_in_a_browser(stack: Stack, tmp_path: Path):
                         page.get_by_text("signed-in-run").first.wait_for(timeout=60_000)
                     except Exception:
                         page.screenshot(path="/tmp/iap-ui.png")
-                        raise AssertionError(f"{page.url}\n{page.content()[:3000]}") from None
+                        raise AssertionError(f"{page.url}\n" + "\n".join(seen)) from None
                 else:
                     page.wait_for_load_state()
                     assert "access" in page.content().lower() and "signed-in-run" not in page.content()

@@ -142,6 +142,33 @@ while True:
     threading.Thread(target=serve, args=(client,), daemon=True).start()
 """
 
+# A real ASGI server speaking h2c, as the MLflow image does (hypercorn), with a large GET.
+H2C_HYPERCORN = r"""
+import asyncio, os
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+BIG = b"z" * (4 * 1024 * 1024)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            done = "lifespan.startup.complete" if message["type"] == "lifespan.startup" else None
+            await send({"type": done or "lifespan.shutdown.complete"})
+            if not done:
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(BIG))]})
+    for i in range(0, len(BIG), 1 << 16):
+        await send({"type": "http.response.body", "body": BIG[i : i + (1 << 16)], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+config = Config()
+config.bind = [f"127.0.0.1:{os.environ['PORT']}"]
+asyncio.run(serve(app, config))
+"""
 
 # --- helpers -------------------------------------------------------------------------------------------
 
@@ -174,10 +201,11 @@ def _image(emulator: Emulator, clients: Clients, project: str, tag: str = "v1") 
     (rootfs / "app").mkdir()
     (rootfs / "app" / "server.py").write_text(ECHO_SERVER)
     (rootfs / "app" / "h2c_server.py").write_text(H2C_SERVER)
+    (rootfs / "app" / "h2c_hypercorn.py").write_text(H2C_HYPERCORN)
     uri = f"{LOCATION}-docker.pkg.dev/{project}/apps/echo:{tag}"
     record = ImageRecord(
         uri=uri,
-        digest="sha256:" + hashlib.sha256((ECHO_SERVER + H2C_SERVER + tag).encode()).hexdigest(),
+        digest="sha256:" + hashlib.sha256((ECHO_SERVER + H2C_SERVER + H2C_HYPERCORN + tag).encode()).hexdigest(),
         rootfs=rootfs,
         entrypoint=["python", "/app/server.py"],
         env={"IMAGE_VAR": "from-image"},
@@ -561,6 +589,39 @@ def test_body_limit_413_and_h2c_end_to_end(emulator, clients, enabled_project):
     http1_behind_h2c = _service(uri, ports=[run_v2.ContainerPort(name="h2c", container_port=8080)])
     broken = _deploy(clients, enabled_project, http1_behind_h2c, sid="echo-broken")
     assert requests.get(broken.uri, timeout=30).status_code == 502
+
+
+def test_downloads_abandoned_mid_body_do_not_stall_other_h2c_requests(emulator, clients, enabled_project):
+    """A browser leaving a page drops its half-read downloads; the requests after it must still be answered
+    (a front end that multiplexed them on one HTTP/2 connection without resetting the dropped streams stalled
+    or failed them with 502)."""
+    uri = _image(emulator, clients, enabled_project)
+    container = _service(
+        uri, command=["python", "/app/h2c_hypercorn.py"], ports=[run_v2.ContainerPort(name="h2c", container_port=8080)]
+    )
+    svc = _deploy(clients, enabled_project, container, sid="big-h2c")
+    size = 4 * 1024 * 1024
+    workers = 8
+    start = threading.Barrier(workers)
+    outcomes: list[str] = []
+
+    def browse() -> None:
+        start.wait(timeout=60)
+        for _ in range(3):
+            with requests.get(svc.uri, stream=True, timeout=30) as dropped:
+                next(dropped.iter_content(1 << 16))  # read a little, then leave
+            try:
+                whole = requests.get(svc.uri, timeout=30)
+                outcomes.append(f"{whole.status_code} {len(whole.content)}")
+            except requests.RequestException as exc:
+                outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=browse) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert outcomes == [f"200 {size}"] * (workers * 3)
 
 
 def test_front_end_counts_requests_by_status(emulator, clients, enabled_project, admin):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
+import httpcore
 
 from .revisions import RevisionProcess
 
@@ -117,7 +117,6 @@ class FrontEnd:
         self._targets: list[tuple[RevisionProcess, int]] = []
         self.requests = 0
         self.by_status: Counter[int] = Counter()
-        self._h2: httpx.Client | None = None
         self.server = _Server(("127.0.0.1", port), _Handler)
         self.server.frontend = self
         self.port = int(self.server.server_address[1])
@@ -154,19 +153,11 @@ class FrontEnd:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        if self._h2 is not None:
-            self._h2.close()
 
     def _count(self, status: int) -> None:
         with self._lock:
             self.requests += 1
             self.by_status[status] += 1
-
-    def _h2_client(self) -> httpx.Client:
-        with self._lock:
-            if self._h2 is None:
-                self._h2 = httpx.Client(http1=False, http2=True, timeout=None, follow_redirects=False)
-            return self._h2
 
     # --- one request ------------------------------------------------------------------------------
 
@@ -284,33 +275,56 @@ class FrontEnd:
             conn.close()
 
     def _forward_h2(self, h: _Handler, proc: RevisionProcess, verdict: Verdict | None) -> int:
+        """One request over its own cleartext HTTP/2 connection, closed with the response.
+
+        Not one connection shared by all requests, because httpcore does not reset a stream whose response is
+        closed before its end (encode/httpcore#943, closed as wontfix): when a browser navigates away mid-download
+        the container keeps sending on that stream, nobody reads it, the connection's flow-control window runs
+        dry and the other requests on the connection stall or fail when hypercorn ends the connection with
+        PROTOCOL_ERROR (seen here as 502s on MLflow's UI bundles under load). Closing the connection is a reset
+        every server understands, and a loopback connect costs far less than a request.
+        """
         chunked, length = self._body_length(h)
-        headers = list(self._upstream_headers(h, verdict))
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._upstream_headers(h, verdict)]
         if length is not None:
-            headers.append(("Content-Length", str(length)))
-        client = self._h2_client()
-        url = f"http://127.0.0.1:{proc.port}{h.path}"
+            headers.append((b"Content-Length", str(length).encode()))
         body = self._body(h, None) if (chunked or length) else None
+        timeout = {"connect": 10.0, "read": proc.request_timeout, "write": proc.request_timeout, "pool": None}
         try:
-            request = client.build_request(h.command, url, headers=headers, content=body, timeout=proc.request_timeout)
-            resp = client.send(request, stream=True)
-        except httpx.TimeoutException:
-            return self._reply(h, 504, "upstream request timeout")
-        except httpx.HTTPError:
-            # e.g. an HTTP/1-only container answering HTTP/2 prior knowledge: no valid response.
-            return self._reply(h, 502, google_error_page(502, "Bad Gateway", _H2C_FAILED))
+            stream = httpcore.SyncBackend().connect_tcp("127.0.0.1", proc.port, timeout=10.0)
+        except httpcore.ConnectError:
+            return self._reply(h, 503, _INSTANCE_ERROR)
+        conn = httpcore.HTTP2Connection(httpcore.Origin(b"http", b"127.0.0.1", proc.port), stream)
         try:
-            resp_length = resp.headers.get("content-length")
-            return self._relay(
-                h,
-                resp.status_code,
-                resp.reason_phrase,
-                list(resp.headers.multi_items()),
-                resp.iter_raw(_CHUNK),
-                int(resp_length) if resp_length and resp_length.isdigit() else None,
+            request = httpcore.Request(
+                h.command,
+                f"http://127.0.0.1:{proc.port}{h.path}",
+                headers=headers,
+                content=body,
+                extensions={"timeout": timeout},
             )
+            try:
+                resp = conn.handle_request(request)
+            except httpcore.TimeoutException:
+                return self._reply(h, 504, "upstream request timeout")
+            except (httpcore.ProtocolError, httpcore.NetworkError):
+                # e.g. an HTTP/1-only container answering HTTP/2 prior knowledge: no valid response.
+                return self._reply(h, 502, google_error_page(502, "Bad Gateway", _H2C_FAILED))
+            try:
+                resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
+                resp_length = next((v for k, v in resp_headers if k.lower() == "content-length"), None)
+                return self._relay(
+                    h,
+                    resp.status,
+                    http.client.responses.get(resp.status, ""),
+                    resp_headers,
+                    iter(resp.stream),
+                    int(resp_length) if resp_length and resp_length.isdigit() else None,
+                )
+            finally:
+                resp.close()
         finally:
-            resp.close()
+            conn.close()
 
     def _upstream_headers(self, h: _Handler, verdict: Verdict | None = None) -> Iterator[tuple[str, str]]:
         has_host = False
@@ -384,7 +398,7 @@ class FrontEnd:
             h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise _ClientGone from exc
-        except (OSError, http.client.HTTPException, httpx.HTTPError):
+        except (OSError, http.client.HTTPException, *_H2_ERRORS):
             # The container broke off mid-body: the caller sees a truncated response, as on Cloud Run.
             h.close_connection = True
         if not getattr(h, "body_consumed", False):
@@ -425,6 +439,8 @@ _INSTANCE_ERROR = (
     "upstream connect error or disconnect/reset before headers. The request failed because either the HTTP "
     "response was malformed or connection to the instance had an error."
 )
+#: What httpcore raises when the container's HTTP/2 answer breaks off.
+_H2_ERRORS = (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException)
 _H2C_FAILED = "The request failed because the container did not speak HTTP/2 cleartext (h2c) on its port."
 
 

@@ -1,7 +1,8 @@
 # Two commands for a newcomer (see README.md):
 #   make up-local   install, then run `mlflow-gcp up --local` against the local GCP emulator
 #   make test       install, then run the whole test suite
-.PHONY: install test lint up-local emulator
+#   make bench      install, then every performance measurement side by side with its baseline (one table, < 15 min)
+.PHONY: install test lint up-local emulator bench
 
 install:
 	./scripts/install.sh
@@ -16,6 +17,9 @@ lint:
 
 emulator: install
 	.venv/bin/mlflow-gcp emulator start
+
+bench: install
+	.venv/bin/python benchmarks/run_all.py
 
 up-local: install
 	.venv/bin/mlflow-gcp up --local

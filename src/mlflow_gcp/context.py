@@ -36,7 +36,8 @@ class Context:
         self._log = log
         self._facts: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        #: Secret values created in this run, by secret key; never written anywhere.
+        #: Secret values created in this run (or read by its steps at the pinned version), by secret key; never
+        #: written anywhere.
         self.secret_values: dict[str, str] = {}
         #: Set once the APIs step saw every service enabled: later SERVICE_DISABLED answers are propagation delay.
         self.services_enabled = False

@@ -170,10 +170,14 @@ def describe(estimate: pricing.Estimate, changes: Mapping[str, str] | None = Non
     return lines
 
 
-def confirm_spending(ctx: Context, term: Terminal, *, interactive: bool | None = None) -> None:
+def confirm_spending(ctx: Context, term: Terminal, *, interactive: bool | None = None) -> dict[str, Any]:
     """`up`'s question. Plan (the engine's dry run, on a fork of the run's context), price it, and ask before
     anything billable changes. Returns when nothing billable changes or the answer is yes; raises AbortedError (exit
-    9) when the answer is no, or when there is no terminal to ask on (``interactive``: stdin is a terminal)."""
+    9) when the answer is no, or when there is no terminal to ask on (``interactive``: stdin is a terminal).
+
+    Returns the plan's reads (engine.Engine.found) when it asked nothing: made a moment ago, they are what the run
+    converges from, so a `up` that plans first reads each resource once, as one without a plan does. After a question
+    it returns none: a person may take minutes to answer, and the run reads again what it is about to change."""
     import click
 
     from .engine import Engine
@@ -183,12 +187,13 @@ def confirm_spending(ctx: Context, term: Terminal, *, interactive: bool | None =
     plan_ctx = ctx.fork()
     term.line("Planning first: nothing billable changes without a yes")
     with Terminal(term.verbosity) as view:
-        outcomes = Engine(plan_ctx, view).apply(resources(plan_ctx), dry_run=True)
+        engine = Engine(plan_ctx, view)
+        outcomes = engine.apply(resources(plan_ctx), dry_run=True)
     estimate = planned_estimate(ctx)
     changes = billable_changes(outcomes)
     if not changes:
         term.line(f"Nothing billable changes (the stack costs about {usd(estimate.total)} a month: see `status`).")
-        return
+        return engine.found
     for line in describe(estimate, marks(changes)):
         term.line(line)
     which = ", ".join(o.key for o in changes)
@@ -200,3 +205,4 @@ def confirm_spending(ctx: Context, term: Terminal, *, interactive: bool | None =
         )
     if not click.confirm(f"Create or change these billable resources in {ctx.config.project}?", err=True):
         raise AbortedError("Not confirmed; nothing was changed.", hint="Pass --yes to go ahead without asking.")
+    return {}

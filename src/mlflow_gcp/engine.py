@@ -4,6 +4,12 @@ what happened to each as one record (the progress view, the summary, ``--json`` 
 A resource module has one small surface (see :class:`Step`): ``find`` (only NOT_FOUND means absent),
 ``diff`` (only the fields we own), ``create`` / ``update`` / ``delete``. Dry runs call ``find`` and ``diff``
 and nothing else.
+
+`up` reads before it converges: every step's ``find`` at once, in one wave (reads.py shares a read two steps make),
+so a stack that is already right costs one round trip of reads and nothing after it. A step then converges on its
+wave read unless something it waits for (directly or through other steps) was created, updated or waited out in this
+run, or its wave read failed: then it reads again, since an answer given before its dependencies changed is stale
+(a database listed before its instance was created, a policy read before its secret existed).
 """
 
 from __future__ import annotations
@@ -11,12 +17,12 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from . import fields
+from . import fields, reads
 
 if TYPE_CHECKING:
     from .context import Context
@@ -177,6 +183,18 @@ def order(resources: Sequence[Step]) -> list[Step]:
     return done
 
 
+def upstream(resources: Sequence[Step]) -> dict[str, set[str]]:
+    """Every step each step waits for, directly or through others (among ``resources``)."""
+    by_key = {r.key: r for r in resources}
+    found: dict[str, set[str]] = {}
+    for r in order(resources):  # dependencies first: theirs are known
+        found[r.key] = set()
+        for d in r.depends_on:
+            if d in by_key:
+                found[r.key] |= {d} | found[d]
+    return found
+
+
 class Engine:
     def __init__(self, ctx: Context, reporter: Reporter | None = None, max_workers: int = 6) -> None:
         self.ctx = ctx
@@ -184,17 +202,56 @@ class Engine:
         self.max_workers = max_workers
         self._lock = threading.Lock()
         self._keys: set[str] = set()
+        #: What each step's converge started from: the live resource its read answered (None: absent). After a dry
+        #: run, nothing has changed since: `up`'s plan hands these to the run that follows it (``apply(known=)``).
+        self.found: dict[str, Any] = {}
+        self._wave: dict[str, Future[Any]] = {}
+        #: Steps that changed something live in this run (created, updated, or waited out by ``settle``).
+        self._moved: set[str] = set()
+        self._upstream: dict[str, set[str]] = {}
 
     # --- up ---------------------------------------------------------------------------------------------
 
-    def apply(self, resources: Sequence[Step], *, dry_run: bool = False) -> list[Outcome]:
-        return self._run(order(resources), lambda r: self._converge(r, dry_run), reverse=False)
+    def apply(
+        self, resources: Sequence[Step], *, dry_run: bool = False, known: Mapping[str, Any] | None = None
+    ) -> list[Outcome]:
+        """Converge (or, ``dry_run``, plan) every step. ``known``: reads already made of some steps (a dry run's
+        :attr:`found`, made a moment ago), used instead of reading them again; the others are read in the wave."""
+        ordered = order(resources)
+        self._upstream, self._moved, self.found = upstream(ordered), set(), {}
+        known = dict(known or {})
+        wave = reads.Wave()
+
+        def read(r: Step) -> Any:
+            with reads.within(wave):
+                return r.find()
+
+        unread = [r for r in ordered if r.key not in known]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(unread), 32)), thread_name_prefix="read") as pool:
+            self._wave = {r.key: pool.submit(read, r) for r in unread}
+            for key, actual in known.items():
+                given: Future[Any] = Future()
+                given.set_result(actual)
+                self._wave[key] = given
+            return self._run(ordered, lambda r: self._converge(r, dry_run), reverse=False)
+
+    def _read(self, r: Step) -> Any:
+        """The step's wave read if it still holds (see the module's docstring), else a new ``find``."""
+        with self._lock:
+            stale = bool(self._upstream.get(r.key, set()) & self._moved)
+        read = self._wave.get(r.key)
+        if read is not None and not stale:
+            try:
+                return read.result()
+            except Exception:  # read again: the steps before it may have removed the cause (an API now enabled)
+                pass
+        return r.find()
 
     def _converge(self, r: Step, dry_run: bool) -> Outcome:
         started = time.monotonic()
         self.reporter.started(r, "checking")
         try:
-            actual = r.find()
+            actual = self._read(r)
         except Exception as exc:
             from .retry import is_service_disabled
 
@@ -204,8 +261,13 @@ class Engine:
             self.ctx.publish(r.key, r.planned_facts())
             return Outcome(r.key, r.kind, r.id(), "would create", reason="its API is not enabled",
                            seconds=time.monotonic() - started)  # fmt: skip
+        with self._lock:
+            self.found[r.key] = actual
         if actual is not None and not dry_run:
-            actual = r.settle(actual)
+            settled = r.settle(actual)
+            if settled is not actual:  # it waited out a change (a rollout, a creation): what reads it read again
+                self._moved_on(r)
+            actual = settled
         if actual is None:
             if dry_run:
                 self.ctx.publish(r.key, r.planned_facts())
@@ -215,6 +277,7 @@ class Engine:
 
                 raise MlflowGcpError(f"{r.kind} {r.id()} is not there, and mlflow-gcp does not create it: {r.absent}.")
             self.reporter.started(r, "creating")
+            self._moved_on(r)
             actual = r.create()
             action: Action = "created"
             changes: list[Change] = []
@@ -231,6 +294,7 @@ class Engine:
 
                     raise MlflowGcpError(refused[0].refusal, hint=refused[0].hint)
                 self.reporter.started(r, "updating")
+                self._moved_on(r)
                 actual = r.update(actual, changes)
                 action = "updated"
         facts = r.facts(actual)
@@ -238,6 +302,11 @@ class Engine:
         if not dry_run:
             self.ctx.state.record(r.key, facts)
         return Outcome(r.key, r.kind, r.id(), action, changes, seconds=time.monotonic() - started)
+
+    def _moved_on(self, r: Step) -> None:
+        """Mark ``r`` as changing something live: the steps after it do not trust their wave reads."""
+        with self._lock:
+            self._moved.add(r.key)
 
     # --- down -------------------------------------------------------------------------------------------
 

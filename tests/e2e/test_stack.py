@@ -33,6 +33,15 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     actions = {o["resource"]: o["action"] for o in out["outcomes"]}
     assert actions["run"] == "created" and actions["sql:instance"] == "created"
 
+    # One worker per vCPU (1 by default), served from the process that migrated; the startup probe asks every
+    # second, so traffic follows the real start (README "What it deploys").
+    deployed = clients.run_services().get_service(
+        name=f"projects/{cli.project}/locations/us-central1/services/mlflow-dev"
+    )
+    container = deployed.template.containers[0]
+    assert {e.name: e.value for e in container.env}["MLFLOW_GCP_WORKERS"] == "1"
+    assert container.startup_probe.period_seconds == 1 and container.startup_probe.http_get.path == "/health"
+
     creds = cli("env", "--json").json()
     assert set(creds) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     client = mlflow_client(creds, monkeypatch)
@@ -62,7 +71,11 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     # --- a 100 MB model: over Cloud Run's 32 MiB HTTP/1 limit, so it needs the end-to-end HTTP/2 path -----
     big = os.urandom(100 * MB)
     (tmp_path / "model.bin").write_bytes(big)
+    seq = len(admin.requests())
     client.log_artifact(run.info.run_id, str(tmp_path / "model.bin"), artifact_path="model")
+    # Streamed to GCS in bounded chunks (server_image/mlflow_gcp_artifacts.py), not spooled and sent in 100 MiB ones.
+    chunks = [e["request_bytes"] for e in admin.requests(seq) if e["method"] == "PUT" and "upload_id=" in e["path"]]
+    assert len(chunks) >= 12 and max(chunks) <= 8 * MB, chunks
     got = Path(client.download_artifacts(run.info.run_id, "model/model.bin", str(tmp_path / "dl2")))
     assert got.stat().st_size == len(big) and got.read_bytes() == big
     del big

@@ -117,7 +117,14 @@ def test_the_wheel_ships_the_image_sources_and_nothing_of_the_tests(wheel: Path)
         names = set(z.namelist())
         prefix = "mlflow_gcp/server_image/"
         shipped = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
-        assert shipped == {"Dockerfile", "entrypoint.py", "mlflow_gcp_iap.py", "requirements.txt", ".dockerignore"}
+        assert shipped == {
+            "Dockerfile",
+            "entrypoint.py",
+            "mlflow_gcp_iap.py",
+            "mlflow_gcp_artifacts.py",
+            "requirements.txt",
+            ".dockerignore",
+        }
         for name in shipped:
             assert z.read(f"mlflow_gcp/server_image/{name}") == (SOURCES / name).read_bytes()
     assert not [n for n in names if n.startswith("tests/") or "golden" in n or n.endswith((".log", ".yaml"))]

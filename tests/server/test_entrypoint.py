@@ -7,6 +7,7 @@ The pure parts (pool sizing, ini escaping, URLs, masking, configuration) are uni
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import os
@@ -188,7 +189,7 @@ def _env(**overrides: str) -> dict[str, str]:
 def test_config_from_env_defaults_and_derived_values():
     config = ep.Config.from_env(_env())
     assert config.socket_dir == "/cloudsql/proj:us-central1:inst"
-    assert (config.db_name, config.auth_db_name, config.workers, config.port) == ("mlflow", "mlflow_auth", 2, 8080)
+    assert (config.db_name, config.auth_db_name, config.workers, config.port) == ("mlflow", "mlflow_auth", 1, 8080)
     assert config.http2 is True and config.auth_cache_ttl == 60 and config.default_permission == "READ"
     assert config.artifacts_destination == "gs://bucket/prefix"
     assert "svc-abc-uc.a.run.app" in config.allowed_hosts and "svc-1.us-central1.run.app" in config.allowed_hosts
@@ -266,6 +267,35 @@ def test_server_args_and_env_carry_no_secret(tmp_path):
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
     assert env[ep.MLFLOW_BACKEND_STORE_URI] == config.tracking_uri
     assert (env[ep.POOL_SIZE], env[ep.MAX_OVERFLOW]) == (str(plan.pool_size), str(plan.max_overflow))
+
+
+def test_environment_reads_records_every_read_with_its_value_and_puts_os_environ_back(monkeypatch):
+    monkeypatch.setenv("MGT_SET", "a")
+    monkeypatch.delenv("MGT_UNSET", raising=False)
+    environ, environ_class = os.environ, type(os.environ)
+    with pytest.raises(RuntimeError), ep.environment_reads() as reads:
+        assert os.environ.get("MGT_SET") == "a"
+        assert "MGT_UNSET" not in os.environ
+        assert os.getenv("MGT_UNSET", "d") == "d"
+        assert os.environ["MGT_SET"] == "a"
+        raise RuntimeError  # the class is put back however the block ends
+    assert reads == {"MGT_SET": "a", "MGT_UNSET": None}
+    assert os.environ is environ and type(os.environ) is environ_class
+    os.environ.get("MGT_OTHER")
+    assert "MGT_OTHER" not in reads
+
+
+def test_server_env_sets_what_mlflow_server_sets_from_the_same_options(tmp_path):
+    """What `mlflow server` puts in the environment from the options server_args gives it, PID 1 already puts in the
+    serve process's: MLflow, imported there before the command runs, then configures itself as its workers would."""
+    config = ep.Config.from_env(_env())
+    plan = config.pool_plan()
+    args = ep.server_args(config, plan.workers)
+    env = ep.server_env(_env(), config, plan, tmp_path / "a.ini")
+    assert env[ep.MLFLOW_SERVER_ALLOWED_HOSTS] == args[args.index("--allowed-hosts") + 1]
+    assert env[ep.MLFLOW_SERVER_CORS_ALLOWED_ORIGINS] == args[args.index("--cors-allowed-origins") + 1]
+    assert env[ep.MLFLOW_SERVER_FILE_STORE] == env[ep.MLFLOW_BACKEND_STORE_URI]
+    assert env[ep.MLFLOW_SERVER_SERVE_ARTIFACTS] == "true" and "--serve-artifacts" in args
 
 
 def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
@@ -487,7 +517,6 @@ class Servers:
             ep.ENV_ADMIN_USERNAME: ADMIN_USER,
             ep.ENV_ADMIN_PASSWORD: ADMIN_PASSWORD,
             ep.ENV_SECRET_KEY: SECRET_KEY,
-            ep.ENV_WORKERS: "2",
             ep.ENV_MAX_INSTANCES: "1",
             ep.ENV_MAX_CONNECTIONS: "25",
             ep.ENV_HTTP2: "1",
@@ -529,7 +558,8 @@ def servers(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def server(servers: Servers) -> Server:
-    """The main server: hypercorn (HTTP/1.1 + h2c), two workers, on the shared databases."""
+    """The main server, as the image runs by default: one worker, served by hypercorn (HTTP/1.1 + h2c) from the
+    process that migrated the databases, on the shared databases."""
     s = servers.start()
     s.wait_ready()
     return s
@@ -576,6 +606,45 @@ def test_run_with_params_metrics_and_artifact_round_trips(server, mlflow_client,
     assert blob.download_as_bytes() == payload
 
 
+def test_an_upload_broken_off_mid_body_leaves_no_object(server, mlflow_client, stack):
+    """Uploads stream to a resumable GCS session (mlflow_gcp_artifacts.py); when the client hangs up after 12 of
+    20 MiB (so at least one 8 MiB chunk reached GCS) the session is cancelled and no partial object appears."""
+    exp_id = mlflow_client.create_experiment(f"exp-{uuid.uuid4().hex[:8]}")
+    run_id = mlflow_client.create_run(exp_id).info.run_id
+    key = f"{exp_id}/{run_id}/artifacts/partial.bin"
+    log = EmulatorAdmin(stack.emulator.base_url)
+    seq = len(log.requests())
+    token = base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            f"PUT /api/2.0/mlflow-artifacts/artifacts/{key} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: Basic {token}\r\nContent-Length: {20 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        piece = os.urandom(1024 * 1024)
+        for _ in range(12):
+            sock.sendall(piece)
+
+        def chunk_arrived() -> bool:
+            return any(e["method"] == "PUT" and "upload_id=" in e["path"] for e in log.requests(seq))
+
+        _eventually(chunk_arrived)
+    # The server notices the hang-up and terminates its writer instead of closing it (a close would finalize what
+    # was sent as the object); google-cloud-storage's terminate() then sends a DELETE (to the initiation URL, see
+    # mlflow_gcp_artifacts._cancel), which marks that the server is done with the request.
+    _eventually(lambda: any(e["method"] == "DELETE" for e in log.requests(seq)))
+    assert not [e for e in log.requests(seq) if e["method"] == "PUT" and e["status"] in (200, 201)]
+    assert stack.gcs.bucket(stack.bucket).get_blob(f"artifacts/{key}") is None
+    assert mlflow_client.list_artifacts(run_id) == []
+
+
+def _eventually(check: Any, timeout: float = 60.0) -> None:
+    """Poll until ``check()`` holds (a state the server reaches on its own, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the expected state was not reached"
+        time.sleep(0.1)
+
+
 def test_unauthenticated_and_wrong_password_are_401(server):
     url = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(url, timeout=10).status_code == 401
@@ -604,14 +673,14 @@ def test_service_host_and_origin_are_admitted_and_others_refused(server):
 
 
 def test_no_secret_on_any_command_line_or_in_the_log(server, mlflow_client):
-    mlflow_client.search_experiments()  # the workers have all started and served
+    mlflow_client.search_experiments()  # the server has started and served
     cmdlines = server.cmdlines()
     joined = "\n".join(cmdlines.values())
-    # PID 1, the serve process, hypercorn's supervisor and its two workers (at least).
-    assert len(cmdlines) >= 5, cmdlines
-    assert "hypercorn" in joined and "--app-name basic-auth" in joined
+    # PID 1 and the serve process, which serves: no worker process imports MLflow a second time.
+    assert len(cmdlines) == 2, cmdlines
+    assert "serve --app-name basic-auth" in joined and "--workers 1" in joined and "hypercorn" not in joined
     log = server.log()
-    assert "[mlflow-gcp]" in log and "hypercorn" in log
+    assert "[mlflow-gcp]" in log and "hypercorn" in log and "serving from this process" in log
     for secret in (DB_PASSWORD, ADMIN_PASSWORD, SECRET_KEY):
         for form in (secret, quote(secret, safe=""), quote(secret, safe="").replace("%", "%%")):
             assert form not in joined
@@ -626,7 +695,7 @@ def test_connections_stay_within_the_plan_and_setup_holds_none(server, mlflow_cl
         requests.get(f"{server.url}/api/2.0/mlflow/users/get?username={ADMIN_USER}", auth=ADMIN, timeout=10)
         if i == 0:
             mlflow_client.create_registered_model(f"model-{uuid.uuid4().hex[:8]}")
-    plan = ep.plan_pools(max_connections=25, max_instances=1, workers=2)
+    plan = ep.plan_pools(max_connections=25, max_instances=1, workers=1)
     with stack.connect("mlflow") as conn:
         rows = conn.execute(
             "SELECT application_name, datname FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
@@ -680,12 +749,18 @@ def test_ownership_is_shared_by_both_login_roles_and_moves_off_a_legacy_owner(st
     assert dict(owners) == {t: ep.OWNER_ROLE for t in ("legacy", "made_by_first", "made_by_other")}
 
 
-def test_concurrent_first_start_on_a_fresh_database_in_both_modes(servers, stack):
+def test_concurrent_first_start_on_a_fresh_database_in_every_process_tree(servers, stack):
+    """Three servers start at once on fresh databases (one migrates, the others wait for its lock), one of each
+    process tree: served from the serve process (the default), hypercorn's two worker processes, MLflow's uvicorn."""
     tracking = stack.create_database(f"fresh_{uuid.uuid4().hex[:6]}")
     auth = stack.create_database(f"fresh_auth_{uuid.uuid4().hex[:6]}")
-    common = {ep.ENV_DB_NAME: tracking, ep.ENV_AUTH_DB_NAME: auth, ep.ENV_WORKERS: "1", ep.ENV_MAX_INSTANCES: "2"}
-    h2 = servers.start(**common, **{ep.ENV_HTTP2: "1"})
-    h1 = servers.start(**common, **{ep.ENV_HTTP2: "0"})
+    common = {ep.ENV_DB_NAME: tracking, ep.ENV_AUTH_DB_NAME: auth, ep.ENV_MAX_INSTANCES: "3"}
+    # Enough connections for two workers per instance (25 would give each of three instances room for one).
+    common[ep.ENV_MAX_CONNECTIONS] = "100"
+    here = servers.start(**common, **{ep.ENV_HTTP2: "1", ep.ENV_WORKERS: "1"})
+    workers = servers.start(**common, **{ep.ENV_HTTP2: "1", ep.ENV_WORKERS: "2"})
+    h1 = servers.start(**common, **{ep.ENV_HTTP2: "0", ep.ENV_WORKERS: "1"})
+    started = (here, workers, h1)
     errors: list[BaseException] = []
 
     def ready(s: Server) -> None:
@@ -694,31 +769,93 @@ def test_concurrent_first_start_on_a_fresh_database_in_both_modes(servers, stack
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=ready, args=(s,)) for s in (h2, h1)]
+    threads = [threading.Thread(target=ready, args=(s,)) for s in started]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    for s in (h2, h1):
-        r = requests.post(
-            f"{s.url}/api/2.0/mlflow/experiments/create", json={"name": f"e-{s.port}"}, auth=ADMIN, timeout=20
-        )
-        assert r.status_code == 200, r.text
-    assert "uvicorn" in " ".join(h1.cmdlines().values()) and "hypercorn" not in " ".join(h1.cmdlines().values())
-    assert "hypercorn" in " ".join(h2.cmdlines().values())
+    for s in started:
+        for _ in range(4):  # with two workers, each has likely served one
+            r = requests.post(
+                f"{s.url}/api/2.0/mlflow/experiments/create",
+                json={"name": f"e-{s.port}-{uuid.uuid4().hex[:4]}"},
+                auth=ADMIN,
+                timeout=20,
+            )
+            assert r.status_code == 200, r.text
+    trees = {s.port: " ".join(s.cmdlines().values()) for s in started}
+    assert len(here.cmdlines()) == 2 and "hypercorn" not in trees[here.port] and "uvicorn" not in trees[here.port]
+    assert "serving from this process" in here.log()
+    # PID 1, the serve process, hypercorn's supervisor and its two workers (at least).
+    assert len(workers.cmdlines()) >= 5 and "-m hypercorn --bind" in trees[workers.port], trees[workers.port]
+    assert "--workers 2" in trees[workers.port]
+    assert "uvicorn" in trees[h1.port] and "hypercorn" not in trees[h1.port]
+    for s in (workers, h1):
+        assert "serving from this process" not in s.log()
     with stack.connect(auth) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
     with stack.connect(tracking) as conn:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
         names = {r[0] for r in conn.execute("SELECT name FROM experiments").fetchall()}
-    assert names == {"Default", f"e-{h2.port}", f"e-{h1.port}"}
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE usename = %s AND datname IN (%s, %s) "
+            "AND pid <> pg_backend_pid()",
+            (DB_USER, tracking, auth),
+        ).fetchall()
+    assert len(names) == 1 + 4 * len(started) and "Default" in names
+    # Whatever the process tree, only the serving processes hold connections, each within its plan.
+    assert {r[0] for r in rows} == {ep.APP_WORKER}, rows
+    plans = [ep.plan_pools(max_connections=100, max_instances=3, workers=n) for n in (1, 2, 1)]
+    assert len(rows) <= sum(p.workers * ep.ENGINES_PER_WORKER * p.pool_size for p in plans), rows
 
     # The uvicorn server speaks HTTP/1.1 only: h2c prior knowledge fails there.
     with httpx.Client(http1=False, http2=True, timeout=10) as client, pytest.raises(httpx.HTTPError):
         client.get(f"{h1.url}/health")
-    for s in (h2, h1):
+    for s in started:
         assert s.terminate() == 0, s.log()[-3000:]
+
+
+def test_a_serve_process_that_imported_mlflow_differently_serves_from_a_worker(servers, stack, tmp_path):
+    """The serve process imports MLflow before `mlflow server` sets its variables. Here PID 1's copy of one that
+    mlflow.server reads when imported (the Host allowlist) is missing: serving the app from that process would
+    refuse the service's host, so it says so and starts a worker process, which gets it right; the serve process
+    holds no connection then."""
+    env = servers.env(PORT=str(_free_port()))
+    config = ep.Config.from_env(env)
+    plan = config.pool_plan()
+    ini = ep.auth_ini(
+        database_uri=config.auth_uri,
+        admin_username=config.admin_username,
+        admin_password=config.admin_password,
+        default_permission=config.default_permission,
+        auth_cache_ttl_seconds=config.auth_cache_ttl,
+    )
+    serve_env = ep.server_env(env, config, plan, ep.write_private_file(tmp_path, "basic_auth.ini", ini))
+    del serve_env[ep.MLFLOW_SERVER_ALLOWED_HOSTS]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ENTRYPOINT), "serve", *ep.server_args(config, plan.workers)],
+            env=serve_env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    s = Server(proc, config.port, log_path, tmp_path)
+    servers.started.append(s)
+    s.wait_ready()
+    assert "MLflow read MLFLOW_SERVER_ALLOWED_HOSTS when imported" in s.log()
+    assert "-m hypercorn --bind" in " ".join(s.cmdlines().values())
+    search = f"{s.url}/api/2.0/mlflow/experiments/search"
+    service = {"Host": "mlflow-test-uc.a.run.app"}
+    assert requests.post(search, json={"max_results": 1}, auth=ADMIN, headers=service, timeout=10).status_code == 200
+    # The serve process (this one's PID) only waits now: it holds no database connection, nor any other socket.
+    sockets = [fd for fd in Path(f"/proc/{proc.pid}/fd").iterdir() if os.readlink(fd).startswith("socket:")]
+    assert not sockets
+    assert s.terminate() == 0, s.log()[-3000:]
 
 
 def test_100_mb_artifact_over_h2c(server, stack):

@@ -142,7 +142,8 @@ def test_basic_mode_is_the_default_and_unchanged(tmp_path):
     )
     base = {**_env(), "PYTHONPATH": "/somewhere"}
     env = ep.server_env(base, config, config.pool_plan(), tmp_path / "a.ini")
-    assert env["PYTHONPATH"] == "/somewhere" and ep.ENV_AUTH_MODE not in env
+    # The image's own modules (mlflow_gcp_artifacts in every mode) come first on the path; no IAP setting is passed.
+    assert env["PYTHONPATH"] == f"{ep.IMAGE_DIR}:/somewhere" and ep.ENV_AUTH_MODE not in env
 
 
 def test_iap_mode_settings_are_parsed_and_normalised():

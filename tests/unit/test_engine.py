@@ -22,6 +22,9 @@ class World:
         self.max_active = 0
         #: Steps made with ``meet=True`` wait here for each other: they pass only if the engine runs them at once.
         self.barrier = threading.Barrier(2, timeout=10)
+        #: Each step's reads (``find``), in order; steps made with ``wave`` wait for that many finds to meet.
+        self.finds: list[str] = []
+        self.wave: threading.Barrier | None = None
 
 
 class FakeContext:
@@ -45,6 +48,10 @@ def make(
             return key
 
         def find(self) -> Any:
+            with WORLD.lock:
+                WORLD.finds.append(key)
+            if WORLD.wave is not None:
+                WORLD.wave.wait()  # BrokenBarrierError after 10 s unless every step reads at once
             return WORLD.things.get(key)
 
         def diff(self, actual: Any) -> list[Change]:
@@ -194,3 +201,36 @@ def test_a_refused_change_stops_before_any_update(tmp_path):
     failure = err.value.failures["bucket"]
     assert isinstance(failure, MlflowGcpError) and str(failure).startswith("a bucket cannot move")
     assert failure.hint == "Set artifacts.location to match." and WORLD.calls == []
+
+
+def test_a_converged_stack_is_read_in_one_wave_and_nothing_more(tmp_path):
+    classes = [make("a"), make("b", ("a",)), make("c", ("b",)), make("d")]
+    run(tmp_path, classes)
+    WORLD.finds.clear()
+    WORLD.calls.clear()
+    WORLD.wave = threading.Barrier(4, timeout=10)  # the chain a -> b -> c is read at once too
+    _, outcomes = run(tmp_path, classes)
+    assert [o.action for o in outcomes] == ["unchanged"] * 4
+    assert sorted(WORLD.finds) == ["a", "b", "c", "d"] and WORLD.calls == []
+
+
+def test_only_steps_downstream_of_a_change_read_again(tmp_path):
+    classes = [make("a", size=2), make("b", ("a",)), make("c", ("b",)), make("d")]
+    WORLD.things.update({k: {"size": 1} for k in "bcd"})
+    _, outcomes = run(tmp_path, classes)
+    # a changed: b (after it) and c (after b) read again, since their wave reads came before the change; d did not.
+    assert {o.key: o.action for o in outcomes} == {"a": "created", "b": "unchanged", "c": "unchanged", "d": "unchanged"}
+    assert sorted(WORLD.finds) == ["a", "b", "b", "c", "c", "d"]
+
+
+def test_a_plans_reads_serve_the_run_after_it(tmp_path):
+    classes = [make("a"), make("b", ("a",), size=2)]
+    run(tmp_path, classes)
+    WORLD.things["b"]["size"] = 5
+    ctx = FakeContext(tmp_path)
+    plan = Engine(ctx)  # type: ignore[arg-type]
+    assert [o.action for o in plan.apply([c(ctx) for c in classes], dry_run=True)] == ["unchanged", "would update"]
+    WORLD.finds.clear()
+    outcomes = Engine(ctx).apply([c(ctx) for c in classes], known=plan.found)  # type: ignore[arg-type]
+    assert [o.action for o in outcomes] == ["unchanged", "updated"] and WORLD.finds == []
+    assert WORLD.calls[-1] == "update b"

@@ -50,6 +50,8 @@ def up(ctx: click.Context, **params: Any) -> None:
     app = App(params, flags, ctx.find_root().params.get("verbose", 0))
     dry_run = params["dry_run"]
     term = app.terminal
+    # The clients every `up` reads through (the discovery-based ones are built per thread: this imports their library).
+    app.clients.warm("service_usage", "secrets", "artifact_registry", "run_services", "storage", "sqladmin")
     with app.session("up", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
         if not dry_run:
             refuse_if_in_progress(run_ctx.state)
@@ -58,11 +60,11 @@ def up(ctx: click.Context, **params: Any) -> None:
         term.line(describe_builder(run_ctx))
         from ..cost import asks, confirm_spending
 
-        if not dry_run and asks(app.local, params["yes"]):
-            confirm_spending(run_ctx, term)
+        # The plan's reads, when it asked nothing: the run converges from them instead of reading everything again.
+        planned = confirm_spending(run_ctx, term) if not dry_run and asks(app.local, params["yes"]) else {}
         with term:
             try:
-                outcomes = Engine(run_ctx, term).apply(resources(run_ctx), dry_run=dry_run)
+                outcomes = Engine(run_ctx, term).apply(resources(run_ctx), dry_run=dry_run, known=planned)
             except StepFailed as exc:
                 if params["as_json"]:
                     click.echo(json.dumps({"ok": False, "outcomes": [o.as_dict() for o in exc.outcomes]}, indent=2))

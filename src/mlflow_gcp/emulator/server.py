@@ -97,7 +97,7 @@ class EmulatorApp:
         return None
 
     def dispatch(self, request: Request, environ: dict[str, Any]) -> Response:
-        started, arrived = time.monotonic(), time.time()
+        started, arrived = time.monotonic(), environ.get("mlflow_gcp.arrived") or time.time()
         world = self.world
         api, route_name, mutating = "", "", False
         style = "both"
@@ -131,6 +131,7 @@ class EmulatorApp:
                 "method": request.method,
                 "path": request.full_path.rstrip("?"),
                 "status": response.status_code,
+                "request_bytes": request.content_length or 0,
                 "mutating": mutating,
                 "latency_ms": round((time.monotonic() - started) * 1000, 2),
                 # While a kill rule is set: the mutation's ordinal, and where the rule acted ("kill" or "drop"),
@@ -212,6 +213,18 @@ class _Handler(WSGIRequestHandler):
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:  # the request log replaces this
         pass
+
+    def parse_request(self) -> bool:
+        # The request line has just been read: the request's arrival. Dispatch may start later when threads are
+        # busy; the request log's started_at is this moment, so a request a client sent before it was killed
+        # never looks as if it was sent after (tests/e2e/conftest.py kill_after).
+        self.arrived = time.time()
+        return super().parse_request()
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        environ["mlflow_gcp.arrived"] = getattr(self, "arrived", None) or time.time()
+        return environ
 
 
 class Emulator:

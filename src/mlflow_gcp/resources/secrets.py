@@ -6,9 +6,10 @@ from __future__ import annotations
 import secrets
 from typing import Any, ClassVar
 
-from .. import fields
+from .. import fields, reads
 from ..engine import Change, Resource
 from ..fields import Owned
+from ..retry import http_status
 from ._common import get_or_none
 
 #: Owned pseudo-fields of a secret: it has an enabled version; that version's value (when configured).
@@ -44,15 +45,53 @@ class Secret(Resource):
         return self.configured() or generate(self.secret)
 
     def find(self) -> Any | None:
-        sm = self.ctx.clients.secrets
-        secret = get_or_none(self.ctx, f"secretmanager.secrets.get {self.secret_id}", sm.get_secret, name=self.id())
+        """The secret, the version Cloud Run pins and (for a configured value) that value: the secret from the
+        stack's one list of secrets, at the same time as the recorded version, so a converged secret costs one read
+        of its own. Only when the recorded version is gone or not enabled are all versions listed."""
+        secret, recorded = reads.together(self._secret, self._recorded_version)
         if secret is None:
             return None
-        version = self._pinned_version()
+        if recorded is None:
+            version = self._pinned_version()
+            value = read_secret(self.ctx, self.secret, version) if self.configured() is not None and version else None
+        else:
+            version, value = recorded
         found = {"secret": secret, "version": version}
-        if self.configured() is not None and version is not None:
-            found["value"] = read_secret(self.ctx, self.secret, version)
+        if value is not None:
+            found["value"] = value
         return found
+
+    def _secret(self) -> Any | None:
+        listed = stack_secrets(self.ctx)
+        if self.secret_id in listed:
+            return listed[self.secret_id]
+        # Not listed: absent, unless the list's name filter missed it; only NOT_FOUND says absent for sure.
+        sm = self.ctx.clients.secrets
+        return get_or_none(self.ctx, f"secretmanager.secrets.get {self.secret_id}", sm.get_secret, name=self.id())
+
+    def _recorded_version(self) -> tuple[str, str | None] | None:
+        """The version recorded in state if it is still enabled, with its value for a configured secret (accessing
+        a version succeeds only when it is enabled: one call says both); None when none is recorded or it is not
+        enabled (or the secret is gone)."""
+        from google.cloud.secretmanager_v1 import SecretVersion
+
+        recorded = self.ctx.fact(self.key, "version")
+        if not str(recorded or "").isdigit():
+            return None
+        recorded = str(recorded)
+        if self.configured() is not None and self.secret not in self.ctx.secret_values:
+            try:
+                return recorded, self.access(recorded)
+            except Exception as exc:  # 404: no such secret or version; 400 FAILED_PRECONDITION: not enabled
+                if http_status(exc) in (400, 404):
+                    return None
+                raise
+        sm = self.ctx.clients.secrets
+        version = get_or_none(self.ctx, f"secretmanager.versions.get {self.secret_id}/{recorded}",
+                              sm.get_secret_version, name=self.version_name(recorded))  # fmt: skip
+        if version is None or version.state != SecretVersion.State.ENABLED:
+            return None
+        return recorded, self.ctx.secret_values.get(self.secret) if self.configured() is not None else None
 
     def _pinned_version(self) -> str | None:
         """The version the stack uses: the one recorded in state if it is still enabled, else the newest enabled."""
@@ -161,14 +200,33 @@ class Secret(Resource):
         self.ctx.api(f"secretmanager.secrets.delete {self.secret_id}", sm.delete_secret, name=self.id())
 
     def facts(self, actual: Any) -> dict[str, Any]:
+        if "value" in actual:  # read at the pinned version: what `up`'s serving check logs in with, without a re-read
+            self.ctx.secret_values.setdefault(self.secret, actual["value"])
         return {"id": self.id(), "version": actual["version"]}
 
     def planned_facts(self) -> dict[str, Any]:
         return {"id": self.id(), "version": "(new)"}
 
 
+def stack_secrets(ctx: Any) -> dict[str, Any]:
+    """The project's secrets whose names hold the stack's prefix, by secret id: one secrets.list (filtered by name,
+    cloud.google.com/secret-manager/docs/filtering) that, in the read wave, answers every secret step (reads.py)."""
+    n = ctx.names
+    parent = f"projects/{n.project}"
+    what = "secretmanager.secrets.list"
+    name_filter = f'name:"{n.prefix}-"'
+
+    def read() -> dict[str, Any]:
+        sm = ctx.clients.secrets
+        listed = ctx.api(what, lambda: list(sm.list_secrets(request={"parent": parent, "filter": name_filter})))
+        # Names come back with the project's number, not its id: matched by the secret id.
+        return {s.name.rsplit("/", 1)[1]: s for s in listed}
+
+    return reads.shared(what, f"{parent}/secrets?filter={name_filter}", read)
+
+
 def read_secret(ctx: Any, secret: str, version: str | None = None) -> str:
-    """A secret's value: from this run's memory when we just made it, else from Secret Manager."""
+    """A secret's value: from this run's memory when we just made (or read) it, else from Secret Manager."""
     if secret in ctx.secret_values:
         return ctx.secret_values[secret]
     return resource(ctx, secret).access(str(version or ctx.fact(f"secret:{secret}", "version") or "latest"))

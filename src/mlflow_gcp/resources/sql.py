@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import fields
+from .. import fields, reads
 from ..engine import Change, Resource
 from ..errors import MlflowGcpError
 from ..fields import Owned, reader
@@ -56,13 +56,35 @@ def _get_or_none(ctx: Any, what: str, request: Any, *, on_instance: bool = False
         raise
 
 
-def _instance_exists(ctx: Any) -> bool:
-    sql = ctx.clients.sqladmin
+def _get_instance(ctx: Any) -> Any | None:
+    """instances.get, or None; in the read wave one call answers the instance step and every step that must tell a
+    missing instance from a refusal (reads.py)."""
     n = ctx.names
-    return (
-        _get_or_none(ctx, "sqladmin.instances.get", sql.instances().get(project=n.project, instance=n.instance))
-        is not None
-    )
+
+    def read() -> Any | None:
+        request = ctx.clients.sqladmin.instances().get(project=n.project, instance=n.instance)
+        return _get_or_none(ctx, "sqladmin.instances.get", request)
+
+    return reads.shared("sqladmin.instances.get", f"projects/{n.project}/instances/{n.instance}", read)
+
+
+def _instance_exists(ctx: Any) -> bool:
+    return _get_instance(ctx) is not None
+
+
+def _listed(ctx: Any, collection: str) -> list[dict[str, Any]]:
+    """The instance's databases or users (``collection``), in one list call (neither list pages: Cloud SQL answers
+    all items at once); in the read wave that one call answers both database steps, or both login-role steps
+    (reads.py). Empty when the instance does not exist (Cloud SQL answers 403, not 404, for its collections)."""
+    n = ctx.names
+    what = f"sqladmin.{collection}.list"
+
+    def read() -> list[dict[str, Any]]:
+        request = getattr(ctx.clients.sqladmin, collection)().list(project=n.project, instance=n.instance)
+        listed = _get_or_none(ctx, what, request, on_instance=True) or {}
+        return list(listed.get("items", []))
+
+    return reads.shared(what, f"projects/{n.project}/instances/{n.instance}", read)
 
 
 class Instance(Resource):
@@ -75,11 +97,7 @@ class Instance(Resource):
         return f"projects/{self.ctx.names.project}/instances/{self.ctx.names.instance}"
 
     def find(self) -> Any | None:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        return _get_or_none(
-            self.ctx, "sqladmin.instances.get", sql.instances().get(project=n.project, instance=n.instance)
-        )
+        return _get_instance(self.ctx)
 
     def owned_fields(self) -> list[Owned]:
         db, n = self.ctx.config.database, self.ctx.names
@@ -232,14 +250,8 @@ class Database(Resource):
         return f"projects/{self.ctx.names.project}/instances/{self.ctx.names.instance}/databases/{self.database}"
 
     def find(self) -> Any | None:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        return _get_or_none(
-            self.ctx,
-            f"sqladmin.databases.get {self.database}",
-            sql.databases().get(project=n.project, instance=n.instance, database=self.database),
-            on_instance=True,
-        )
+        # The list's items are the resources databases.get answers (sql#database, with charset and collation).
+        return next((d for d in _listed(self.ctx, "databases") if d.get("name") == self.database), None)
 
     def owned_fields(self) -> list[Owned]:
         return [
@@ -336,15 +348,7 @@ class _LoginRole(Resource):
         return True
 
     def find(self) -> Any | None:
-        sql = self.ctx.clients.sqladmin
-        n = self.ctx.names
-        # Cloud SQL answers 403 (not 404) for the users of an instance that does not exist: absent, like databases.
-        request = sql.users().list(project=n.project, instance=n.instance)
-        listed = _get_or_none(self.ctx, "sqladmin.users.list", request, on_instance=True) or {}
-        for user in listed.get("items", []):
-            if user.get("name") == self.user:
-                return user
-        return None
+        return next((u for u in _listed(self.ctx, "users") if u.get("name") == self.user), None)
 
     def set_password(self, password: str) -> None:
         """``users.update`` (a Cloud SQL operation, waited for). PostgreSQL keeps one password per role."""

@@ -27,7 +27,8 @@ Plain settings:
   and local use) and its CORS check (``--cors-allowed-origins``): browsers send ``Origin`` on same-origin POSTs,
   and MLflow blocks a state-changing request from a non-localhost origin that is not listed, which would break
   the UI on the service URL. A bare host means ``https://host``.
-- ``MLFLOW_GCP_WORKERS`` (default 2): server worker processes per instance.
+- ``MLFLOW_GCP_WORKERS`` (default 1): server worker processes per instance. One is served from the process that
+  migrated the databases (see "Process tree" below); more are hypercorn's worker processes.
 - ``MLFLOW_GCP_MAX_INSTANCES`` (required): the service's maximum instance count (count a rollout's overlap of
   old and new revisions in it if you want that covered too).
 - ``MLFLOW_GCP_DB_MAX_CONNECTIONS`` (required): the Cloud SQL tier's ``max_connections`` (25 for db-f1-micro).
@@ -85,19 +86,43 @@ h2c, whatever protocol the client spoke. Two ways out were weighed:
 (a) is the more robust one and is what this image does: with ``MLFLOW_GCP_HTTP2=1`` the server is hypercorn
 serving ``mlflow.server.auth:create_app()`` with exactly the environment ``mlflow server`` prepares. To keep that
 parity we do not rebuild the app ourselves: we run MLflow's own ``server`` command in-process and substitute only
-the step that turns its settings into the uvicorn command line (``mlflow.server._build_uvicorn_command``). The
-same app object, security middleware (allowed hosts, CORS), basic-auth app and artifact proxying result. The
-memory cost: an upload is spooled to the (in-memory) temp file system, so size the instance memory above the
-largest artifact.
+the step that turns its settings into the uvicorn command line (``mlflow.server._build_uvicorn_command``) and,
+with one worker, the step that starts that command (``mlflow.server._exec_cmd``, see below). The same app object,
+security middleware (allowed hosts, CORS), basic-auth app and artifact proxying result. The memory cost: an
+upload is spooled to the (in-memory) temp file system, so size the instance memory above the largest artifact.
 
 Process tree and secrets. ``python /app/entrypoint.py`` (PID 1) validates the configuration, writes the basic-auth
 ini file (0600, private temp directory) and runs ``python /app/entrypoint.py serve <mlflow server options>``; it
 forwards SIGTERM/SIGINT to it (Cloud Run sends SIGTERM, then SIGKILL 10 s later) and passes its output through a
-filter that masks every form of every secret. The ``serve`` process upgrades both databases in-process (no
-``mlflow db upgrade <url>`` command line carries the password) under a PostgreSQL advisory lock, since several
-instances start at once, creates the admin, then runs MLflow's ``server`` command, which starts the workers. The
-database URL reaches MLflow only through the environment (``MLFLOW_BACKEND_STORE_URI``, read by the click option)
-and the ini file; no argv in the tree contains a secret.
+filter that masks every form of every secret. PID 1 never imports MLflow (it starts in milliseconds, and a
+configuration error is reported before anything heavy runs). The ``serve`` process imports MLflow, upgrades both
+databases in-process (no ``mlflow db upgrade <url>`` command line carries the password) under a PostgreSQL
+advisory lock, since several instances start at once, creates the admin, then runs MLflow's ``server`` command.
+The database URL reaches MLflow only through the environment (``MLFLOW_BACKEND_STORE_URI``, read by the click
+option) and the ini file; no argv in the tree contains a secret.
+
+Cold start. Cloud Run scales to zero, so the first request after a quiet spell waits for a whole start, and almost
+all of a start is importing MLflow (``python -c "import mlflow.server.auth"``, the floor: 3-4 s on a test machine).
+``mlflow server`` then starts a server whose workers import MLflow again and build the app, each in a process of
+its own: a second import in sequence, and with two workers on one vCPU three imports' worth of CPU. So with one
+worker (the default: on one vCPU a second process adds no throughput, MLflow's Flask handlers run in threads of
+one process either way) the ``serve`` process serves the app itself: where MLflow would start
+``hypercorn ... mlflow.server.auth:create_app()``, it applies the environment MLflow prepared for that command
+(``env_map`` in ``mlflow/server/__init__.py:_run_server``), calls the same factory and serves the result with
+hypercorn's own API (``hypercorn.asyncio.serve``, configured as the command line would: same bind, graceful
+timeout, logs; HTTP/1.1 and h2c on the one port), in this very process. An instance then starts in about one
+MLflow import plus the database checks; it listens only once the databases are migrated and the app is built, so
+Cloud Run's startup probe on /health passes exactly when requests can be served.
+
+One thing differs from a worker process: MLflow is imported before the ``server`` command has set its variables,
+and ``mlflow.server`` configures some things while it is imported (whether it runs as a server, which turns on the
+Flask app's Host and CORS checks, and their allowlists). PID 1 therefore sets the variables the command will set,
+from the very options it passes it (:func:`server_env`), and ``serve`` records every variable MLflow reads while
+the worker's modules are imported (:func:`environment_reads`); it serves from its own process only if each had the
+value the worker would have seen, and otherwise logs which ones differ and starts a worker process as before. Each
+substituted step of MLflow is looked up first: a MLflow that no longer has it fails the start, loudly.
+``MLFLOW_GCP_HTTP2=0`` (MLflow's uvicorn) and more than one worker keep MLflow's own process tree: the ``serve``
+process, hypercorn's (or uvicorn's) supervisor and its workers.
 
 Database ownership and password rotation. ``mlflow-gcp rotate-password`` alternates between two login roles
 (``MLFLOW_GCP_DB_USERS``, e.g. ``mlflow_a,mlflow_b``): a new revision logs in as the inactive one while the old
@@ -130,8 +155,9 @@ Why this works with only what Cloud SQL gives an API-created user (``LOGIN CREAT
 
 Connection pools. Every worker has up to three SQLAlchemy engines (tracking store, model registry store, auth
 store), each sized by ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE``/``MAX_OVERFLOW``; see :func:`plan_pools`. The ``serve``
-process itself uses ``NullPool`` (no idle connection held for the life of the instance); the pool settings are put
-back just before the workers are started. Connections carry ``application_name`` ``mlflow-gcp-setup`` or
+process migrates with ``NullPool`` (no idle connection held for the life of the instance); the pool settings are put
+back before the stores that serve are made: before MLflow's ``server`` command when this process serves, else just
+before the workers are started. Connections carry ``application_name`` ``mlflow-gcp-setup`` or
 ``mlflow-gcp-worker`` (``PGAPPNAME``), so ``pg_stat_activity`` shows who holds what.
 """
 
@@ -148,7 +174,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -190,6 +218,15 @@ MLFLOW_AUTH_CONFIG_PATH = "MLFLOW_AUTH_CONFIG_PATH"
 POOL_SIZE = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
 MAX_OVERFLOW = "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"
 POOLCLASS = "MLFLOW_SQLALCHEMYSTORE_POOLCLASS"
+# What `mlflow server` sets for its server and mlflow.server reads when imported (mlflow/cli/__init__.py server,
+# mlflow/server/__init__.py _run_server and is_running_as_server, mlflow/server/security.py).
+MLFLOW_SERVER_ALLOWED_HOSTS = "MLFLOW_SERVER_ALLOWED_HOSTS"
+MLFLOW_SERVER_CORS_ALLOWED_ORIGINS = "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"
+MLFLOW_SERVER_X_FRAME_OPTIONS = "MLFLOW_SERVER_X_FRAME_OPTIONS"
+#: ``mlflow server --x-frame-options``'s default (mlflow/utils/cli_args.py X_FRAME_OPTIONS), which it always sets.
+X_FRAME_OPTIONS = "SAMEORIGIN"
+MLFLOW_SERVER_FILE_STORE = "_MLFLOW_SERVER_FILE_STORE"
+MLFLOW_SERVER_SERVE_ARTIFACTS = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
 #: libpq's application_name, so pg_stat_activity tells the setup process's connections from the workers'.
 PGAPPNAME = "PGAPPNAME"
 APP_SETUP = "mlflow-gcp-setup"
@@ -204,6 +241,10 @@ AUTH_BASIC = "basic"
 AUTH_IAP = "iap"
 AUTH_MODES = (AUTH_BASIC, AUTH_IAP)
 BASIC_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
+#: Builds MLflow's app after making artifact uploads stream to GCS (mlflow_gcp_artifacts.py, next to this file);
+#: the app MLflow chose is passed to it in ENV_APP.
+STREAMING_APP = "mlflow_gcp_artifacts:create_app"
+ENV_APP = "MLFLOW_GCP_APP"
 #: The IAP module ships next to this file (Dockerfile COPY); the workers import it through PYTHONPATH.
 IAP_AUTH_FUNCTION = "mlflow_gcp_iap:authenticate_request_iap"
 IMAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -564,7 +605,7 @@ class Config:
             admin_username=_required(env, ENV_ADMIN_USERNAME),
             admin_password=_required(env, ENV_ADMIN_PASSWORD),
             secret_key=_required(env, ENV_SECRET_KEY),
-            workers=_integer(env, ENV_WORKERS, 2, 1),
+            workers=_integer(env, ENV_WORKERS, 1, 1),
             max_instances=_integer(env, ENV_MAX_INSTANCES, None, 1),
             max_connections=_integer(env, ENV_MAX_CONNECTIONS, None, 1),
             reserved_connections=_integer(env, ENV_RESERVED_CONNECTIONS, 0, 0) if reserved_raw else None,
@@ -632,12 +673,24 @@ def server_env(base: Mapping[str, str], config: Config, plan: PoolPlan, auth_con
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYTHONUNBUFFERED": "1",
+            # What `mlflow server` sets for its server (from the options server_args gives it), set before MLflow
+            # is imported: the serve process imports it before the command runs, and mlflow.server reads these
+            # while it is imported (whether it runs as a server; the Host and CORS allowlists). serve() checks
+            # that they match what the command then sets before it serves from that process.
+            MLFLOW_SERVER_ALLOWED_HOSTS: ",".join(config.allowed_hosts),
+            MLFLOW_SERVER_X_FRAME_OPTIONS: X_FRAME_OPTIONS,
+            MLFLOW_SERVER_FILE_STORE: config.tracking_uri,
+            MLFLOW_SERVER_SERVE_ARTIFACTS: "true",
         }
     )
+    env.pop(MLFLOW_SERVER_CORS_ALLOWED_ORIGINS, None)
+    if config.cors_origins:
+        env[MLFLOW_SERVER_CORS_ALLOWED_ORIGINS] = ",".join(config.cors_origins)
+    # The serve process and any worker process (`python -m hypercorn`/uvicorn) import the modules next to this
+    # file (mlflow_gcp_artifacts always, mlflow_gcp_iap in iap mode): they must be on their path.
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([IMAGE_DIR, *(p for p in path if p != IMAGE_DIR)])
     if config.auth_mode == AUTH_IAP:
-        # The workers are `python -m hypercorn` (or uvicorn): the IAP module next to this file must be importable.
-        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([IMAGE_DIR, *(p for p in path if p != IMAGE_DIR)])
         env.update(
             {
                 ENV_AUTH_MODE: AUTH_IAP,
@@ -838,6 +891,18 @@ def ensure_ownership(conn: Any, users: tuple[str, ...], owner: str = OWNER_ROLE,
     log(f"{database}: tables are owned by {owner}, shared by {', '.join(users)}")
 
 
+def tracking_schema_is_current(conn: Any) -> bool:
+    """Whether the tracking database already has MLflow's newest schema: the revision alembic recorded is the head
+    of the pinned MLflow's migration scripts, the test MLflow's own store makes before it serves
+    (``mlflow.store.db.utils._verify_schema``). Then ``mlflow db upgrade`` has nothing to do, and skipping it saves
+    its engine, its emptiness check and alembic's upgrade run (measured 100-180 ms against 40-60 ms for this). Read
+    on the lock's connection, after :func:`ensure_ownership` (which gave this login the owner's privileges)."""
+    from alembic.runtime.migration import MigrationContext
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return MigrationContext.configure(conn).get_current_revision() == _get_latest_schema_revision()
+
+
 def upgrade_tracking_db(url: str) -> None:
     """``mlflow db upgrade``, in-process."""
     import mlflow.db
@@ -850,14 +915,22 @@ def bootstrap_auth_db() -> None:
     """What the basic-auth app does on start (migrate the auth schema, create the admin if missing), then make the
     admin match the pinned secrets: MLflow creates the admin only once, so an auth database kept across
     `down`/`up` (or restored) would otherwise still hold an older password, and the credentials `mlflow-gcp env`
-    hands out would get 401."""
+    hands out would get 401.
+
+    MLflow's ``bootstrap_admin_user`` is ``store.init_db`` (migrations) then ``create_admin_user``. On the usual
+    start the admin exists and answers to the pinned password, and ``create_admin_user`` would only try MLflow's old
+    default password on it twice (its legacy-password upgrade and warning), two password hashes (scrypt, 0.1-0.2 s
+    each on one vCPU) that cannot match: the admin's password is the pinned one. So the pinned password is checked
+    first, and MLflow's full bootstrap runs only when it does not answer (first start, a changed secret)."""
     from mlflow.server.auth import auth_config, bootstrap_admin_user, store
 
-    bootstrap_admin_user()
     name, password = auth_config.admin_username, auth_config.admin_password
+    store.init_db(auth_config.database_uri, read_db_uri=auth_config.read_database_uri)
     if not store.authenticate_user(name, password):
-        store.update_user(name, password=password)
-        log(f"the admin {name}'s password was reset to the pinned secret")
+        bootstrap_admin_user()
+        if not store.authenticate_user(name, password):
+            store.update_user(name, password=password)
+            log(f"the admin {name}'s password was reset to the pinned secret")
     if not store.get_user(name).is_admin:
         store.update_user(name, is_admin=True)
         log(f"{name} made an admin again")
@@ -882,19 +955,103 @@ def hypercorn_command(host: str, port: int, workers: int, app: str, is_factory: 
     ]
 
 
+def hypercorn_config(host: str, port: int) -> Any:
+    """What :func:`hypercorn_command`'s options make of hypercorn's configuration, for serving in this process."""
+    from hypercorn.config import Config as HypercornConfig
+
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = GRACEFUL_SECONDS
+    config.accesslog = "-"
+    config.errorlog = "-"
+    return config
+
+
+@contextmanager
+def environment_reads() -> Iterator[dict[str, str | None]]:
+    """Every variable read from ``os.environ`` inside the block, with the value it had then (None: unset).
+
+    ``os.environ`` keeps its identity (modules that did ``from os import environ`` see the same object); only its
+    class is swapped for the block, to one whose ``__getitem__`` (behind ``get``, ``in`` and ``os.getenv``) also
+    records."""
+    reads: dict[str, str | None] = {}
+    environ_class = type(os.environ)
+
+    class Recording(environ_class):  # type: ignore[valid-type, misc]
+        def __getitem__(self, key: str) -> str:
+            try:
+                value: str = super().__getitem__(key)
+            except KeyError:
+                reads.setdefault(key, None)
+                raise
+            reads.setdefault(key, value)
+            return value
+
+    os.environ.__class__ = Recording
+    try:
+        yield reads
+    finally:
+        os.environ.__class__ = environ_class
+
+
+def close_pools() -> None:
+    """Close every SQLAlchemy pool of this process (before it hands serving to worker processes and only waits)."""
+    import gc
+
+    import sqlalchemy
+
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlalchemy.engine.Engine):
+            obj.dispose()
+
+
+@dataclass
+class Served:
+    """What ``mlflow server`` gets back from starting its server (a ``Popen`` where it spawns one) once this
+    process has served and stopped: ``_run_server`` only waits for it and forwards signals while it runs."""
+
+    returncode: int
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        pass
+
+
+def _option(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
 def serve(args: list[str]) -> int:
+    started = time.monotonic()
     # This process needs the database only briefly: hold no idle connection for the life of the instance.
     worker_pool = {k: os.environ.pop(k) for k in (POOL_SIZE, MAX_OVERFLOW) if k in os.environ}
     os.environ[POOLCLASS] = "NullPool"
+    http2 = _flag(os.environ, ENV_HTTP2, True)
+    in_process = http2 and _option(args, "--workers") == "1"
 
+    def worker_settings() -> None:
+        os.environ.pop(POOLCLASS, None)
+        os.environ.update(worker_pool)
+        os.environ[PGAPPNAME] = APP_WORKER
+
+    # What the server's workers import (`hypercorn mlflow.server.auth:create_app()`; create_app builds the FastAPI
+    # app), imported while recording what it reads from the environment: see start_server below.
+    with environment_reads() as import_reads:
+        import mlflow.server.auth
+        import mlflow.server.fastapi_app
     import mlflow.server
     from mlflow.cli import server as server_command
-
-    tracking_uri = os.environ[MLFLOW_BACKEND_STORE_URI]
     from mlflow.server.auth import auth_config
 
+    imported = time.monotonic()
+
     if os.environ.get(ENV_AUTH_MODE) == AUTH_IAP:
-        # Fail the revision now rather than answer every request with an error: the workers import this module.
+        # Fail the revision now rather than answer every request with an error: the server imports this module.
         try:
             import mlflow_gcp_iap
         except ImportError as exc:
@@ -905,6 +1062,7 @@ def serve(args: list[str]) -> int:
             log(f"IAP mode, but {problem}")
             return 1
 
+    tracking_uri = os.environ[MLFLOW_BACKEND_STORE_URI]
     users = login_roles(os.environ)
     refused = login_refused(tracking_uri)
     if refused:
@@ -913,7 +1071,8 @@ def serve(args: list[str]) -> int:
 
     def tracking(conn: Any) -> None:
         ensure_ownership(conn, users, database="tracking")
-        upgrade_tracking_db(tracking_uri)  # new sessions: they act as the owner
+        if not tracking_schema_is_current(conn):
+            upgrade_tracking_db(tracking_uri)  # new sessions: they act as the owner
 
     def auth(conn: Any) -> None:
         ensure_ownership(conn, users, database="auth")
@@ -921,15 +1080,16 @@ def serve(args: list[str]) -> int:
 
     _with_advisory_lock(tracking_uri, "tracking", tracking)
     _with_advisory_lock(auth_config.database_uri, "auth", auth)
+    migrated = time.monotonic()
 
-    http2 = _flag(os.environ, ENV_HTTP2, True)
-    # The one step of `mlflow server` we substitute (its uvicorn command line). It exists in the pinned MLflow;
-    # tests/server checks that the workers really run hypercorn and with their pools, should a new MLflow stop
-    # calling it.
+    # The steps of `mlflow server` we substitute. Each exists in the pinned MLflow; tests/server check the process
+    # tree, the pools and the app's behaviour, should a new MLflow stop calling one.
     build_uvicorn = getattr(mlflow.server, "_build_uvicorn_command", None)
-    if build_uvicorn is None:
-        log("this MLflow has no mlflow.server._build_uvicorn_command: use the version docker/requirements.txt pins")
+    exec_cmd = getattr(mlflow.server, "_exec_cmd", None)
+    if build_uvicorn is None or exec_cmd is None:
+        log("this MLflow lacks mlflow.server._build_uvicorn_command or _exec_cmd: use the one requirements.txt pins")
         return 1
+    app_spec: dict[str, Any] = {}
 
     def build_command(
         uvicorn_opts: str | None,
@@ -940,16 +1100,72 @@ def serve(args: list[str]) -> int:
         env_file: str | None = None,
         is_factory: bool = False,
     ) -> list[str]:
-        # Called once the stores are initialised, right before the workers start: give them their pools.
-        os.environ.pop(POOLCLASS, None)
-        os.environ.update(worker_pool)
-        os.environ[PGAPPNAME] = APP_WORKER
+        # Called once the stores are initialised, right before the server starts. The app MLflow names is built
+        # by mlflow_gcp_artifacts.create_app, which first gives gs:// destinations the streaming repository.
+        os.environ[ENV_APP] = f"{app_name}()" if is_factory else app_name
+        app_name, is_factory = STREAMING_APP, True
+        app_spec.update(app_name=app_name, is_factory=is_factory, host=host, port=port)
+        worker_settings()
         if http2:
             return hypercorn_command(host, port, workers, app_name, is_factory)
         return build_uvicorn(uvicorn_opts, host, port, workers, app_name, env_file, is_factory)
 
+    def start_server(cmd: list[str], *, extra_env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        env = {**os.environ, **(extra_env or {})}
+        if in_process:
+            # MLflow configures parts of itself while it is imported (mlflow.server: the Flask app's Host and CORS
+            # checks, whether it runs as a server). Its workers import it with this environment; this process did
+            # before the command ran. Serve here only if every variable MLflow read then had the value the workers
+            # would see (the entrypoint sets what `mlflow server` sets before MLflow is imported: server_env).
+            differ = sorted(k for k, v in import_reads.items() if env.get(k) != v)
+            if not differ:
+                return Served(serve_here(app_spec, extra_env or {}, started, imported, migrated))
+            log(f"MLflow read {', '.join(differ)} when imported, before `mlflow server` set them: serving "
+                "from a worker process instead")  # fmt: skip
+            close_pools()
+        return exec_cmd(cmd, extra_env=extra_env, **kwargs)
+
+    def bootstrap_basic_auth() -> None:
+        # MLflow's validates the Flask secret key and bootstraps the admin before it starts its workers; this
+        # process bootstrapped the admin moments ago, under the upgrade lock (bootstrap_auth_db). Only the key is
+        # left to check: doing the rest again cost an auth migration check and two password hashes.
+        from mlflow.server.auth import get_flask_server_secret_key
+
+        get_flask_server_secret_key()
+
+    if in_process:
+        # The stores `mlflow server` initialises before it starts the server are the ones this process serves with.
+        worker_settings()
     mlflow.server._build_uvicorn_command = build_command
+    mlflow.server._exec_cmd = start_server
+    if hasattr(mlflow.server, "_bootstrap_basic_auth"):
+        mlflow.server._bootstrap_basic_auth = bootstrap_basic_auth
     server_command.main(args=args, prog_name="mlflow server")
+    return 0
+
+
+def serve_here(app_spec: Mapping[str, Any], extra_env: Mapping[str, str], *marks: float) -> int:
+    """Serve, from this process, the app `mlflow server` would have its worker load (same app, same environment),
+    over hypercorn's API as :func:`hypercorn_command` configures it; its exit status once SIGTERM stopped it."""
+    import asyncio
+    import importlib
+
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    os.environ.update(extra_env)
+    module, _, name = app_spec["app_name"].partition(":")
+    app = getattr(importlib.import_module(module), name)
+    if app_spec["is_factory"]:
+        app = app()
+    started, imported, migrated = marks
+    now = time.monotonic()
+    log(
+        f"serving from this process {now - started:.1f} s after it started (MLflow imported in "
+        f"{imported - started:.1f} s, databases {migrated - imported:.1f} s, server command and app "
+        f"{now - migrated:.1f} s)"
+    )
+    # Installs SIGTERM/SIGINT handlers: stop accepting, finish requests for up to GRACEFUL_SECONDS, then return.
+    asyncio.run(hypercorn_serve(app, hypercorn_config(app_spec["host"], app_spec["port"])))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from mlflow_gcp.emulator.server import Emulator
 from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+from mlflow_gcp.engine import Engine
 
 REPO = Path(__file__).parents[2]
 
@@ -129,8 +131,12 @@ def kill_after(cli: Cli, admin: EmulatorAdmin, k: int, *args: str) -> Result:
     mutating = [e for e in admin.requests(start) if e["mutating"]]
     kills = [e for e in mutating if e.get("kill") == "kill"]
     assert [e["mutation"] for e in kills] == [k], f"kill point {k}: the kill came after {kills}"
-    # Steps run concurrently, so a request sent just before the kill may finish after it; none may start after.
+    # Steps run concurrently (at most the engine's max_workers at once), so requests the CLI sent just before it
+    # died may be read after the kill: a new connection is accepted and its request line read only when the
+    # emulator's threads get the CPU (seen under the full suite's load). A dead process sends nothing more, so those
+    # are at most one per engine worker; a process that outlived the kill would go on with the rest of its run.
     killed_at = kills[0]["started_at"] + kills[0]["latency_ms"] / 1000
     later = [f"{e['method']} {e['path']}" for e in mutating if e["started_at"] > killed_at]
-    assert not later, f"kill point {k}: mutating request(s) started after the kill: {later}"
+    in_flight = inspect.signature(Engine.__init__).parameters["max_workers"].default
+    assert len(later) <= in_flight, f"kill point {k}: mutating requests went on after the kill: {later}"
     return Result(proc.returncode, stdout, stderr)

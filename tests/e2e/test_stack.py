@@ -33,14 +33,14 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     actions = {o["resource"]: o["action"] for o in out["outcomes"]}
     assert actions["run"] == "created" and actions["sql:instance"] == "created"
 
-    # One worker per vCPU (1 by default), served from the process that migrated; the startup probe asks every
-    # second, so traffic follows the real start (README "What it deploys").
+    # One worker per vCPU (1 by default), served from the process that migrated, which listens only once it is
+    # ready: Cloud Run's TCP startup probe then follows the real start (README "What it deploys").
     deployed = clients.run_services().get_service(
         name=f"projects/{cli.project}/locations/us-central1/services/mlflow-dev"
     )
     container = deployed.template.containers[0]
     assert {e.name: e.value for e in container.env}["MLFLOW_GCP_WORKERS"] == "1"
-    assert container.startup_probe.period_seconds == 1 and container.startup_probe.http_get.path == "/health"
+    assert container.startup_probe.tcp_socket.port == 8080 and container.startup_probe.timeout_seconds == 240
 
     creds = cli("env", "--json").json()
     assert set(creds) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}

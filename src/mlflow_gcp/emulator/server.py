@@ -97,7 +97,7 @@ class EmulatorApp:
         return None
 
     def dispatch(self, request: Request, environ: dict[str, Any]) -> Response:
-        started, arrived = time.monotonic(), environ.get("mlflow_gcp.arrived") or time.time()
+        arrived = environ.get("mlflow_gcp.arrived") or time.time()
         world = self.world
         api, route_name, mutating = "", "", False
         style = "both"
@@ -133,7 +133,8 @@ class EmulatorApp:
                 "status": response.status_code,
                 "request_bytes": request.content_length or 0,
                 "mutating": mutating,
-                "latency_ms": round((time.monotonic() - started) * 1000, 2),
+                # From arrival, so started_at + latency_ms is when the answer was ready (and a kill rule acted).
+                "latency_ms": round((time.time() - arrived) * 1000, 2),
                 # While a kill rule is set: the mutation's ordinal, and where the rule acted ("kill" or "drop"),
                 # so a test can prove exactly after which request a process died.
                 **({"mutation": ordinal} if ordinal else {}),

@@ -293,21 +293,33 @@ class Service(Resource):
         from google.cloud import run_v2
 
         c, n = self.ctx.config, self.ctx.names
-        # Cloud Run routes to a new instance only once this passes, so its cadence adds to every cold start. The
-        # server answers /health as soon as it can serve (with one worker it listens only once the databases are
-        # migrated and the app is built: server_image/entrypoint.py), so a probe every second finds it ready within
-        # a second (every 5 s cost up to 5 s on a 4-5 s start). A startup probe's period is 1-240 s and at least
-        # its timeout (at least 1 s), and failureThreshold x periodSeconds may not exceed 240 s (Cloud Run Admin
-        # API v2 Probe reference; cloud.google.com/run/docs/configuring/healthchecks): 180 x 1 s keeps the
-        # 3 minutes a first start's database migrations may take. /health answers in milliseconds; a server that
-        # needs more than 1 s for it is not one to route users to.
-        probe = run_v2.Probe(
-            http_get=run_v2.HTTPGetAction(path="/health", port=CONTAINER_PORT),
-            initial_delay_seconds=0,
-            period_seconds=1,
-            timeout_seconds=1,
-            failure_threshold=180,
-        )
+        # Cloud Run routes to a new instance only once its startup probe passes, so the probe's cadence adds to every
+        # cold start: it must follow the real start. With one worker the server listens only once the databases
+        # are migrated and the app is built (server_image/entrypoint.py serves from the process that did both), so
+        # an open port means ready: Cloud Run's own default startup probe, TCP with timeoutSeconds 240,
+        # periodSeconds 240, failureThreshold 1 ("Default TCP startup probe", cloud.google.com/run/docs/
+        # configuring/healthchecks), connects as soon as the port opens, with no period to wait out, and gives a
+        # first start's migrations 4 minutes (measured with benchmarks/run_all.py: an HTTP probe every second
+        # added about 1 s to a 3.2 s start). With more workers hypercorn's parent listens before its workers have
+        # imported MLflow, so /health is asked instead, every second (a startup probe's period is 1-240 s and at
+        # least its timeout; failureThreshold x periodSeconds at most 240 s: Cloud Run Admin API v2 Probe), 180
+        # times: the same 3 minutes as before for the migrations.
+        if c.server.worker_count == 1:
+            probe = run_v2.Probe(
+                tcp_socket=run_v2.TCPSocketAction(port=CONTAINER_PORT),
+                initial_delay_seconds=0,
+                period_seconds=240,
+                timeout_seconds=240,
+                failure_threshold=1,
+            )
+        else:
+            probe = run_v2.Probe(
+                http_get=run_v2.HTTPGetAction(path="/health", port=CONTAINER_PORT),
+                initial_delay_seconds=0,
+                period_seconds=1,
+                timeout_seconds=1,
+                failure_threshold=180,
+            )
         template = _template_field
         owned = [
             Owned("labels", n.labels, lambda s: dict(s.labels), mode="labels", write=_set("labels")),

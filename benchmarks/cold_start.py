@@ -202,7 +202,7 @@ def cloud_sql() -> Iterator[tuple[dict[str, str], Path]]:
     """An emulator with a Cloud SQL instance (tracking and auth databases, a user) and a bucket, made through
     Google's clients; yields the server's environment (as Cloud Run would set it, minus PORT) and a work dir."""
     from mlflow_gcp.emulator.server import Emulator
-    from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+    from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, enable_services
 
     ep = _entrypoint_module()
     data = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))  # short: unix socket paths are limited to 107 bytes
@@ -211,13 +211,7 @@ def cloud_sql() -> Iterator[tuple[dict[str, str], Path]]:
         clients = Clients(emulator.base_url)
         project = f"bench-{uuid.uuid4().hex[:8]}"
         EmulatorAdmin(emulator.base_url).add_project(project)
-        from google.cloud import service_usage_v1
-
-        clients.service_usage().batch_enable_services(
-            request=service_usage_v1.BatchEnableServicesRequest(
-                parent=f"projects/{project}", service_ids=["sqladmin.googleapis.com"]
-            )
-        ).result(timeout=60)
+        enable_services(clients, project, "sqladmin.googleapis.com")
         sql = clients.sqladmin()
 
         def wait(op: dict[str, Any]) -> None:

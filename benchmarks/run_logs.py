@@ -16,11 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
-from google.cloud import artifactregistry_v1, run_v2, service_usage_v1
+from google.cloud import artifactregistry_v1, run_v2
 
 from mlflow_gcp.emulator.core.images import ImageRecord
 from mlflow_gcp.emulator.server import Emulator
-from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, enable_services
 
 REGION = "us-central1"
 WRITER = r"""
@@ -57,11 +57,7 @@ def main() -> None:
         clients = Clients(emulator.base_url)
         project = f"bench-{uuid.uuid4().hex[:8]}"
         EmulatorAdmin(emulator.base_url).add_project(project)
-        clients.service_usage().batch_enable_services(
-            request=service_usage_v1.BatchEnableServicesRequest(
-                parent=f"projects/{project}", service_ids=["artifactregistry.googleapis.com", "run.googleapis.com"]
-            )
-        ).result(timeout=60)
+        enable_services(clients, project, "artifactregistry.googleapis.com", "run.googleapis.com")
         clients.artifact_registry().create_repository(
             parent=f"projects/{project}/locations/{REGION}",
             repository_id="apps",

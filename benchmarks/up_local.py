@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_gcp.emulator.server import Emulator
-from mlflow_gcp.emulator.testing import EmulatorAdmin
+from mlflow_gcp.emulator.testing import EmulatorAdmin, request_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 #: The no-op `up` runs on the realistic profile at this scale: every call takes one control-plane round trip.
@@ -87,21 +87,6 @@ def critical_path(seconds: Mapping[str, float], deps: Mapping[str, Sequence[str]
     return finish[tail], chain[::-1]
 
 
-def rounds(calls: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """Calls in sequential rounds: a round ends when its first call returns; a call that starts after that opens the
-    next round (calls made at once share a round, calls made one after another do not)."""
-    out: list[list[Mapping[str, Any]]] = []
-    ends_at = float("-inf")
-    for call in sorted(calls, key=lambda c: c["started_at"]):
-        end = call["started_at"] + call["latency_ms"] / 1000
-        if call["started_at"] >= ends_at:
-            out.append([])
-            ends_at = end
-        out[-1].append(call)
-        ends_at = min(ends_at, end)
-    return out
-
-
 def _object(call: Mapping[str, Any]) -> tuple[str, str]:
     """What a call reads: its method and the object's path (the query string only selects fields and encodings)."""
     return call["route"], call["path"].split("?", 1)[0]
@@ -131,9 +116,9 @@ def noop_figures(calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "calls": len(calls),
         "mutating": len(calls) - len(reads),
         "reads_per_object_max": max(Counter(map(_object, reads)).values(), default=0),
-        "rounds": len(rounds(calls)),
+        "rounds": len(request_rounds(calls)),
         "wave_reads": len(steps),
-        "wave_rounds": len(rounds(steps)),
+        "wave_rounds": len(request_rounds(steps)),
         "wave_s": span,
         "slowest_read_s": slowest,
         "wave_ratio": span / slowest,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_gcp.emulator.server import Emulator
-from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, enable_services
 
 
 @pytest.fixture(scope="session")
@@ -45,14 +45,7 @@ def project(emulator: Emulator, admin: EmulatorAdmin) -> str:
     return project_id
 
 
-def enable(clients: Clients, project: str, *services: str) -> None:
-    """Enable APIs through Service Usage, as a user would before using them."""
-    from google.cloud import service_usage_v1
-
-    op = clients.service_usage().batch_enable_services(
-        request=service_usage_v1.BatchEnableServicesRequest(parent=f"projects/{project}", service_ids=list(services))
-    )
-    op.result(timeout=60)
+enable = enable_services
 
 
 @pytest.fixture

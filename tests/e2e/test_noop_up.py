@@ -14,7 +14,7 @@ from typing import Any
 
 from google.cloud.secretmanager_v1 import SecretVersion
 
-from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, request_rounds
 from tests.e2e.conftest import Cli
 
 #: Each call takes 0.08 s x this (emulator core/control.py REALISTIC_SECONDS["request"]): 2 s, longer than a busy
@@ -27,21 +27,6 @@ def calls_during(admin: EmulatorAdmin, action: Callable[[], Any]) -> list[dict[s
     start = len(admin.requests())
     action()
     return [c for c in admin.requests(start) if c["api"] != "docker"]
-
-
-def rounds(calls: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """The calls' routes in sequential rounds: a round ends when its first call returns; a call that starts after
-    that opens the next (so every call of a round overlaps every other)."""
-    out: list[list[str]] = []
-    ends_at = float("-inf")
-    for call in sorted(calls, key=lambda c: c["started_at"]):
-        end = call["started_at"] + call["latency_ms"] / 1000
-        if call["started_at"] >= ends_at:
-            out.append([])
-            ends_at = end
-        out[-1].append(call["route"])
-        ends_at = min(ends_at, end)
-    return out
 
 
 def read_twice(calls: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
@@ -65,7 +50,7 @@ def test_a_noop_up_reads_each_object_once_in_one_wave_and_drift_is_still_repaire
     # serving check logs in with.
     assert len(calls) <= steps + 5, Counter(c["route"] for c in calls)
     # Three rounds: the project check, every step's read at once, the serving check's read of the admin password.
-    grouped = rounds(calls)
+    grouped = [[c["route"] for c in r] for r in request_rounds(calls)]
     assert [len(r) for r in grouped] == [1, len(calls) - 2, 1], grouped
     assert grouped[0] == ["projects.get"] and grouped[2] == ["versions.access"], grouped
     admin.settings(latency_profile="instant", time_scale=1.0)

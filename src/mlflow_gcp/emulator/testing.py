@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
@@ -171,3 +172,29 @@ class Clients:
             "STORAGE_EMULATOR_HOST": self.base_url,
             "DOCKER_HOST": self.base_url.replace("http://", "tcp://"),
         }
+
+
+def enable_services(clients: Clients, project: str, *services: str) -> None:
+    """Enable APIs through Service Usage, as a user would before using them."""
+    from google.cloud import service_usage_v1
+
+    op = clients.service_usage().batch_enable_services(
+        request=service_usage_v1.BatchEnableServicesRequest(parent=f"projects/{project}", service_ids=list(services))
+    )
+    op.result(timeout=60)
+
+
+def request_rounds(calls: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Request-log entries in sequential rounds: a round ends when its first call returns; a call that starts after
+    that opens the next round (so every call of a round overlaps every other; calls made one after another do not
+    share one)."""
+    out: list[list[Mapping[str, Any]]] = []
+    ends_at = float("-inf")
+    for call in sorted(calls, key=lambda c: c["started_at"]):
+        end = call["started_at"] + call["latency_ms"] / 1000
+        if call["started_at"] >= ends_at:
+            out.append([])
+            ends_at = end
+        out[-1].append(call)
+        ends_at = min(ends_at, end)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -10,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_gcp.emulator.imagebuild import CACHE_ENV
 from mlflow_gcp.emulator.server import Emulator
 from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, enable_services
+
+# The Python environments images install (RUN pip install: emulator/imagebuild/pythonenv.py), shared by every
+# emulator of the run (xdist workers included; a file lock builds each once) and kept in the checkout, so a fresh
+# clone (CI) starts cold and a developer's second run is warm. Set by the environment to share it wider.
+os.environ.setdefault(CACHE_ENV, str(Path(__file__).resolve().parents[1] / ".cache" / "python-envs"))
 
 
 @pytest.fixture(scope="session")

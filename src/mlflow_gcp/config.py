@@ -96,6 +96,12 @@ class DatabaseConfig(_Section):
     authorized_networks: list[str] = []
 
 
+def _shipped_mlflow_version() -> str:
+    from .image_source import pinned_mlflow_version
+
+    return pinned_mlflow_version()
+
+
 class ServerConfig(_Section):
     #: A prebuilt server image; by default mlflow-gcp builds the image it ships and pushes it to Artifact Registry.
     image: str | None = None
@@ -112,6 +118,10 @@ class ServerConfig(_Section):
     workers: int | None = Field(None, ge=1, le=8)
     auth_cache_ttl_seconds: int = Field(60, ge=1, le=3600)
     admin_username: str = "admin"
+    #: The MLflow release the server image installs (its requirements.txt pin; the image tag covers it). Default: the
+    #: one this release of mlflow-gcp is tested with, the pin shipped in server_image/requirements.txt. Releases
+    #: outside image_source.SUPPORTED_MLFLOW are refused. Not used with a prebuilt `image`.
+    mlflow_version: str = Field(default_factory=_shipped_mlflow_version)
 
     @property
     def worker_count(self) -> int:
@@ -128,6 +138,9 @@ class ArtifactsConfig(_Section):
     location: str | None = None
     #: Principals that may read artifacts directly (`user:`, `group:`, `serviceAccount:`, `domain:`).
     users: list[str] = []
+    #: How long a deleted or overwritten artifact stays restorable (the bucket's Cloud Storage soft delete): 7 to 90
+    #: days as GCS allows, or 0 for none. Soft-deleted bytes are billed like live ones for that time.
+    soft_delete_days: int = Field(7, ge=0, le=90)
 
 
 #: The OAuth client of `gcloud auth application-default login`: the audience of a user's ADC ID token. IAP takes
@@ -350,6 +363,9 @@ def check(config: Config) -> list[tuple[str, str]]:
         problems.append(("server.min_instances", "must not exceed server.max_instances"))
     if len(config.server.admin_username) < 1 or not re.fullmatch(r"[\w.@-]+", config.server.admin_username):
         problems.append(("server.admin_username", "use letters, digits, '.', '@', '_' or '-'"))
+    version_problem = _mlflow_version_problem(config.server.mlflow_version)
+    if version_problem:
+        problems.append(("server.mlflow_version", version_problem))
     for member in config.artifacts.users:
         if not _MEMBER.match(member):
             problems.append(
@@ -365,11 +381,21 @@ def check(config: Config) -> list[tuple[str, str]]:
             problems.append(("access.admins", f"{admin!r} must be an email (optionally user: or serviceAccount:)"))
     if access.mode == "iap" and not access.members:
         problems.append(("access.members", "iap mode needs at least one member: nobody could reach the server"))
+    if 0 < config.artifacts.soft_delete_days < 7:
+        problems.append(
+            ("artifacts.soft_delete_days", "Cloud Storage keeps deleted objects 7 to 90 days; 0 turns it off")
+        )
     if config.artifacts.location and config.artifacts.location.lower() not in REGIONS | {"us", "eu", "asia"}:
         problems.append(("artifacts.location", f"unknown location {config.artifacts.location!r}"))
     if not problems and _NAME.match(config.name) and _NAME.match(config.env):
         problems += Names.from_config(config).problems()
     return problems
+
+
+def _mlflow_version_problem(version: str) -> str | None:
+    from .image_source import mlflow_version_problem
+
+    return mlflow_version_problem(version)
 
 
 def check_tier(tier: str) -> str | None:

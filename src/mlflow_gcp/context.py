@@ -44,6 +44,9 @@ class Context:
         #: How the server image is built this run (builds.resolve): prebuilt, docker or cloudbuild, and why.
         self.builder: str | None = None
         self.builder_reason = ""
+        #: The MLflow release the server image of this run pins (upgrade.serving_version: the one serving, unless
+        #: an upgrade or a rollback moves it).
+        self.mlflow_version: str = config.server.mlflow_version if config is not None else ""
         #: When this run last granted a role to a member (time.monotonic()), for waiting out IAM propagation.
         self._granted_at: dict[str, float] = {}
 
@@ -55,6 +58,19 @@ class Context:
         with self._lock:
             other._facts = {key: dict(facts) for key, facts in self._facts.items()}
         other.builder, other.builder_reason = self.builder, self.builder_reason
+        other.mlflow_version = self.mlflow_version
+        return other
+
+    def on_instance(self, instance: str) -> Context:
+        """A context whose stack uses another Cloud SQL instance (a restore's or rollback's new one), with facts of
+        its own (:meth:`fork`): what the steps learn of the new instance never mixes with the old one's."""
+        from dataclasses import replace
+
+        other = self.fork()
+        other.names = replace(self.names, database_instance=instance)
+        with other._lock:
+            other._facts = {k: v for k, v in other._facts.items() if not k.startswith("sql:")}
+        other.secret_values = self.secret_values
         return other
 
     def granted(self, member: str) -> None:

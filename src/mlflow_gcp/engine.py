@@ -27,6 +27,7 @@ from . import fields, reads
 if TYPE_CHECKING:
     from .context import Context
     from .fields import Owned
+    from .operations import Operation
 
 Action = Literal[
     "created", "updated", "unchanged", "deleted", "absent", "kept",
@@ -412,3 +413,29 @@ def summarize(outcomes: Iterable[Outcome]) -> dict[str, int]:
     for o in outcomes:
         counts[o.action] = counts.get(o.action, 0) + 1
     return counts
+
+
+# --- day-two operations -----------------------------------------------------------------------------------
+
+
+def perform(operation: Operation, record: dict[str, Any], reporter: Callable[[str], None]) -> dict[str, Any]:
+    """Run an operation's phases from the one its record names (operations.py), writing the record to the state
+    before each phase starts and clearing it, with what the operation leaves behind, in one write at the end. A
+    phase that fails leaves the record at that phase: the same command resumes there."""
+    from .operations import STATE_KEY, now
+
+    state = operation.ctx.state
+    phases = operation.phases(record)
+    names = [p.name for p in phases]
+    start = names.index(record["phase"]) if record.get("phase") in names else 0
+    if record.get("phase"):
+        reporter(f"Resuming the {operation.kind} at phase {record['phase']} (started {record['started']}).")
+    for number, phase in enumerate(phases[start:], start=start + 1):
+        record = {**record, "phase": phase.name, "updated": now()}
+        state.set(STATE_KEY, record)
+        reporter(f"[{number}/{len(phases)}] {phase.says}")
+        learnt = phase.run(record)
+        if learnt:
+            record = {**record, **learnt}
+    state.update({STATE_KEY: None, **operation.finish(record)})
+    return record

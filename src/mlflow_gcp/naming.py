@@ -37,6 +37,9 @@ class Names:
     name: str
     env: str
     bucket: str
+    #: The Cloud SQL instance that serves, when a restore or a rollback moved the service to a new one (the state
+    #: records it: ``database.live``); otherwise the instance ``up`` creates, ``<name>-<env>-db``.
+    database_instance: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> Names:
@@ -71,8 +74,17 @@ class Names:
 
     # Cloud SQL
     @property
-    def instance(self) -> str:
+    def first_instance(self) -> str:
         return f"{self.prefix}-db"
+
+    @property
+    def instance(self) -> str:
+        return self.database_instance or self.first_instance
+
+    def restored_instance(self, when: str) -> str:
+        """A new instance for a restore or rollback started at ``when`` (UTC, ``YYYYmmddHHMMSS``): a name never used
+        before, since Cloud SQL refuses a deleted instance's name for about a week."""
+        return f"{self.first_instance}-r{when}"
 
     @property
     def connection_name(self) -> str:
@@ -138,7 +150,8 @@ class Names:
         limits = [
             ("service account id", self.client_account_id, 6, 30),
             ("Cloud Run service", self.service, 1, 49),
-            ("Cloud SQL instance", self.instance, 1, 98),
+            # With the suffix a restore adds, so that a restore can never be refused for its name.
+            ("Cloud SQL instance", self.restored_instance("0" * 14), 1, 98),
             ("Artifact Registry repository", self.repository, 1, 63),
         ]
         for what, value, low, high in limits:

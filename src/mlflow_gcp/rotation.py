@@ -65,11 +65,15 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def refuse_if_in_progress(state: State, *, resuming: Credential | None = None) -> None:
+def refuse_if_in_progress(state: State, *, resuming: Credential | None = None, operation: str | None = None) -> None:
     """The one guard for commands that would conflict with an unfinished rotation: `up` (it would deploy the
     recorded credentials over half a switch) and `rotate-password` of the other credential (one at a time;
     ``resuming`` is the one it may go on with). `down` is not refused: removing the stack must always be possible,
     and a rotation whose service went away is dropped when run again (see ``Rotation._abandon_if_service_gone``)."""
+    from .operations import refuse_if_in_progress as refuse_if_operating
+
+    # A restore or an upgrade in progress (other than ``operation``, the one being resumed): one change at a time.
+    refuse_if_operating(state, resuming=operation)
     rot = state.data.get("rotation")
     if rot is None or rot["credential"] == resuming:
         return

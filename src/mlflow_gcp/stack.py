@@ -5,7 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import builds
-from .resources import apis, bucket, build, client_key, iam, iap, image, registry, run, secrets, service_accounts, sql
+from .resources import (
+    apis,
+    bucket,
+    build,
+    client_key,
+    iam,
+    iap,
+    image,
+    registry,
+    run,
+    secrets,
+    service_accounts,
+    sql,
+    sql_backups,
+)
 
 if TYPE_CHECKING:
     from .context import Context
@@ -39,4 +53,7 @@ def resources(ctx: Context, *, removing: bool = False) -> list[Step]:
         classes += list(build.ALL)
     if removing or ctx.config.create_client_key:
         classes += [client_key.ClientAccount, client_key.ClientKey]
-    return [cls(ctx) for cls in classes]
+    steps = [cls(ctx) for cls in classes]
+    if removing:
+        steps += sql_backups.kept(ctx)  # the instances a restore or a rollback moved off: data, like the live one
+    return steps

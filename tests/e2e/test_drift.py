@@ -54,6 +54,7 @@ OTHER_VALUE: dict[str, Any] = {
     "container.ports": [("http1", 8080)],
     "container.startup_probe": {"tcp_socket": {"port": 8080}, "period_seconds": 10},
     "lifecycle.rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}],
+    "softDeletePolicy.retentionDurationSeconds": 0,  # someone turned soft delete off to save on storage
 }
 # The server must keep serving through the walk: changes that would stop it are walked with the slow sweep only.
 STOPS_THE_SERVER = (
@@ -204,3 +205,25 @@ def test_a_new_admin_name_in_the_configuration_is_a_change(deployed, admin):
     assert status.code == 7 and report["secret:admin-username"]["drifted_fields"] == [
         "value (pinned version): 'admin' -> 'ops-admin'"
     ], report["secret:admin-username"]
+
+
+def test_the_artifacts_soft_delete_retention_is_set_and_follows_the_configuration(deployed, admin, clients):
+    gcs = clients.storage(deployed.project)
+    bucket = f"{deployed.project}-mlflow-dev"
+    assert gcs.get_bucket(bucket).soft_delete_policy.retention_duration_seconds == 7 * 24 * 3600
+    assert deployed("status", "--json").json()["artifacts"] == {"bucket": f"gs://{bucket}", "soft_delete_days": 7}
+
+    env = {**deployed.env, "MLFLOW_GCP_ARTIFACTS_SOFT_DELETE_DAYS": "30"}
+    longer = Cli(deployed.project, deployed.state_dir, env, deployed.transcript)
+    status = longer("status", "--json", check=False)
+    report = {r["resource"]: r for r in status.json()["resources"]}
+    assert status.code == 7 and report["bucket"]["drifted_fields"] == [
+        "softDeletePolicy.retentionDurationSeconds: 604800 -> 2592000"
+    ], report["bucket"]
+    changed = mutations_during(admin, lambda: longer("up"))
+    assert [(e["method"], e["route"]) for e in changed] == [("PATCH", "buckets.patch")], changed
+    assert gcs.get_bucket(bucket).soft_delete_policy.retention_duration_seconds == 30 * 24 * 3600
+    assert "deleted artifacts restorable for 30 days (Cloud Storage soft delete)" in longer("status").stdout
+
+    deployed("up")  # back to the default, for the module's other tests
+    assert gcs.get_bucket(bucket).soft_delete_policy.retention_duration_seconds == 7 * 24 * 3600

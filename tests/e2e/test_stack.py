@@ -63,6 +63,17 @@ def test_up_use_repair_down(cli: Cli, admin, clients, tmp_path: Path, monkeypatc
     bucket_objects = [b.name for b in clients.storage(cli.project).list_blobs(f"{cli.project}-mlflow-dev")]
     assert any(name.endswith("/weights.bin") for name in bucket_objects)
 
+    # --- an artifact deleted by mistake comes back: the bucket keeps it soft-deleted (artifacts.soft_delete_days) --
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    MlflowArtifactsRepository(fetched.info.artifact_uri).delete_artifacts("weights.bin")  # through the server
+    assert client.list_artifacts(run.info.run_id) == []
+    bucket = clients.storage(cli.project).bucket(f"{cli.project}-mlflow-dev")
+    [deleted] = bucket.list_blobs(soft_deleted=True, match_glob="**/weights.bin")
+    bucket.restore_blob(deleted.name, generation=deleted.generation)
+    restored = Path(client.download_artifacts(run.info.run_id, "weights.bin", str(tmp_path / "restored")))
+    assert restored.read_bytes() == payload
+
     # --- the login protects it ----------------------------------------------------------------------------
     api = f"{creds['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(api, timeout=30).status_code == 401

@@ -28,6 +28,7 @@ import requests
 
 from mlflow_gcp import __version__
 from mlflow_gcp.emulator.daemon import find_running
+from mlflow_gcp.emulator.imagebuild import CACHE_ENV
 from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
 
 from .conftest import REPO, Cli, kill_after, make_cli
@@ -93,7 +94,13 @@ def package_dir(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """The package's files, less the bytecode Python caches beside a module it imports: pipx 1.18 installs with uv
+    when uv is at hand (the [server] extra brings it), and uv, unlike pip, does not compile at install time."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 class Edited:
@@ -122,6 +129,7 @@ def test_the_wheel_ships_the_image_sources_and_nothing_of_the_tests(wheel: Path)
             "entrypoint.py",
             "mlflow_gcp_iap.py",
             "mlflow_gcp_artifacts.py",
+            "mlflow_gcp_schema.py",
             "requirements.txt",
             ".dockerignore",
         }
@@ -155,7 +163,9 @@ def home(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     # Under /tmp, not pytest's 0700 tree: the emulated Cloud SQL runs PostgreSQL as `postgres`, which must reach it.
     cwd = Path(tempfile.mkdtemp(prefix="mge-wheel-", dir="/tmp"))
     cwd.chmod(0o755)
-    env = _clean_env(MLFLOW_GCP_EMULATOR_DIR=str(cwd / "emulator"))
+    # The one thing shared with the suite: the Python environments image builds install (a cache of what PyPI
+    # serves, keyed by the requirements; tests/conftest.py), else this emulator would install the server's again.
+    env = _clean_env(MLFLOW_GCP_EMULATOR_DIR=str(cwd / "emulator"), **{CACHE_ENV: os.environ[CACHE_ENV]})
     yield cwd, env
     subprocess.run([str(venv / "bin" / "mlflow-gcp"), "emulator", "stop"], cwd=cwd, env=env, capture_output=True)
     shutil.rmtree(cwd, ignore_errors=True)

@@ -15,6 +15,7 @@ from tests.conftest import enable
 
 LOCATION = "us-central1"
 AUTH = {"username": "oauth2accesstoken", "password": "ya29.not-a-real-token"}
+SMALL_PIN = "six==1.17.0\n"
 
 DOCKERFILE = """\
 # syntax=docker/dockerfile:1
@@ -40,7 +41,8 @@ def _no_docker_config(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def context(tmp_path):
-    (tmp_path / "requirements.txt").write_text("mlflow\n")
+    # RUN pip install runs for real (emulator/imagebuild/pythonenv.py): a small pin, installed once for the suite.
+    (tmp_path / "requirements.txt").write_text(SMALL_PIN)
     (tmp_path / "server").mkdir()
     (tmp_path / "server" / "app.py").write_text("print('serving')\n")
     (tmp_path / "server" / "conf").mkdir()
@@ -94,7 +96,7 @@ def test_build_records_the_config_and_files(clients, context, emulator):
     assert "MLFLOW_PORT=5000" in config["Env"] and "GREETING=hello world" in config["Env"]
     assert any(e.startswith("PATH=") for e in config["Env"])
     rootfs = emulator.world.data_dir / "docker" / "images" / image.id[7:] / "rootfs"
-    assert (rootfs / "app" / "requirements.txt").read_text() == "mlflow\n"
+    assert (rootfs / "app" / "requirements.txt").read_text() == SMALL_PIN
     assert (rootfs / "app" / "server" / "conf" / "settings.ini").is_file()
     assert (rootfs / "usr" / "local" / "bin" / "entrypoint.sh").stat().st_mode & 0o111
 

@@ -34,7 +34,7 @@ import requests
 import sqlalchemy
 
 from mlflow_gcp.emulator.server import Emulator
-from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin
+from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, server_image_python
 from tests.conftest import enable
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "src" / "mlflow_gcp" / "server_image" / "entrypoint.py"
@@ -305,7 +305,7 @@ def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
     docker_dir = ENTRYPOINT.parent
     instructions = imagebuild.parse_dockerfile((docker_dir / "Dockerfile").read_text())
     assert instructions[0].keyword == "FROM" and instructions[0].rest == "python:3.11-slim"
-    image = imagebuild.build_image(instructions, docker_dir, tmp_path)
+    image = imagebuild.build_image(instructions, docker_dir, tmp_path, python_envs=imagebuild.python_envs(tmp_path))
     record = image.record("us-central1-docker.pkg.dev/p/r/mlflow:t", "sha256:" + "0" * 64)
     assert record.entrypoint == ["python", "/app/entrypoint.py"] and not record.cmd
     assert record.command() == ["python", str(image.rootfs / "app" / "entrypoint.py")]
@@ -524,13 +524,14 @@ class Servers:
         env.update(overrides)
         return env
 
-    def start(self, **overrides: str) -> Server:
+    def start(self, python: str = sys.executable, **overrides: str) -> Server:
+        """The image's entrypoint, with the host's MLflow (the pinned one) unless ``python`` is another release's."""
         port = _free_port()
         cwd = Path(tempfile.mkdtemp(dir=self.workdir, prefix="cwd-"))
         log_path = cwd.with_suffix(".log")
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(ENTRYPOINT)],
+                [python, str(ENTRYPOINT)],
                 env=self.env(PORT=str(port), **overrides),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
@@ -812,6 +813,49 @@ def test_concurrent_first_start_on_a_fresh_database_in_every_process_tree(server
     # The uvicorn server speaks HTTP/1.1 only: h2c prior knowledge fails there.
     with httpx.Client(http1=False, http2=True, timeout=10) as client, pytest.raises(httpx.HTTPError):
         client.get(f"{h1.url}/health")
+    for s in started:
+        assert s.terminate() == 0, s.log()[-3000:]
+
+
+#: An older release the image supports whose tracking schema is behind the pinned one's (schemas.py).
+OLDER_MLFLOW = "3.16.1"
+
+
+def test_three_instances_of_a_new_release_starting_at_once_migrate_an_older_schema_once(servers, stack):
+    """What an upgrade's new revision does when Cloud Run starts several instances of it at once: the databases an
+    older MLflow made (its own server image's environment, as the emulator installs it) are migrated by exactly one
+    of them, under the advisory lock; the others wait, find the schema current, and all serve the old data."""
+    from mlflow_gcp.image_source import pinned_mlflow_version
+    from mlflow_gcp.schemas import HEADS
+
+    old_python = server_image_python(OLDER_MLFLOW)
+    tracking = stack.create_database(f"old_{uuid.uuid4().hex[:6]}")
+    auth = stack.create_database(f"old_auth_{uuid.uuid4().hex[:6]}")
+    common = {ep.ENV_DB_NAME: tracking, ep.ENV_AUTH_DB_NAME: auth, ep.ENV_MAX_INSTANCES: "3",
+              ep.ENV_MAX_CONNECTIONS: "100"}  # fmt: skip
+    old = servers.start(python=old_python, **common)
+    old.wait_ready()
+    made = requests.post(f"{old.url}/api/2.0/mlflow/experiments/create", json={"name": "made-by-the-old-release"},
+                         auth=ADMIN, timeout=20)  # fmt: skip
+    assert made.status_code == 200, made.text
+    assert requests.get(f"{old.url}/version", auth=ADMIN, timeout=10).text == OLDER_MLFLOW
+    assert old.terminate() == 0, old.log()[-3000:]
+    with stack.connect(tracking) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (HEADS[OLDER_MLFLOW][0],)
+
+    started = [servers.start(**common) for _ in range(3)]  # one after another without waiting: they start at once
+    for s in started:
+        s.wait_ready()
+    old_head, new_head = HEADS[OLDER_MLFLOW][0], HEADS[pinned_mlflow_version()][0]
+    said = [s.log().count(f"tracking schema migrated from {old_head} to {new_head}") for s in started]
+    assert sorted(said) == [0, 0, 1], [s.log()[-2000:] for s in started]
+    with stack.connect(tracking) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(new_head,)]
+    for s in started:
+        assert requests.get(f"{s.url}/version", auth=ADMIN, timeout=10).text == pinned_mlflow_version()
+        r = requests.get(f"{s.url}/api/2.0/mlflow/experiments/get-by-name",
+                         params={"experiment_name": "made-by-the-old-release"}, auth=ADMIN, timeout=20)  # fmt: skip
+        assert r.status_code == 200, r.text
     for s in started:
         assert s.terminate() == 0, s.log()[-3000:]
 

@@ -33,7 +33,7 @@ def test_completion_scripts_for_each_shell():
 
 
 def test_the_protocol_completes_commands_and_choices():
-    assert bash_complete("mlflow-gcp u") == ["up", "users"]
+    assert bash_complete("mlflow-gcp u") == ["up", "upgrade", "users"]
     assert bash_complete("mlflow-gcp users ") == ["add", "grant", "list", "passwd", "remove"]
     assert bash_complete("mlflow-gcp users grant ana exp ") == ["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"]
 
@@ -48,4 +48,4 @@ def test_bash_completes_with_the_sourced_script():
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["up", "users"]
+    assert out.stdout.split() == ["up", "upgrade", "users"]

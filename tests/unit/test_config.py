@@ -23,6 +23,8 @@ def test_defaults_with_only_a_project():
     assert config.database.version == "POSTGRES_16"
     assert config.server.max_instances == 10
     assert config.database.deletion_protection is True
+    assert config.artifacts.soft_delete_days == 7  # as Cloud Storage's default, but set explicitly on the bucket
+    assert cfg.load(None, environ={"MLFLOW_GCP_ARTIFACTS_SOFT_DELETE_DAYS": "0"}, flags={"project": "my-project-1"})
 
 
 def test_precedence_flags_over_env_over_file(tmp_path):
@@ -80,6 +82,8 @@ def test_wrong_type_names_the_source(tmp_path):
         ({"name": "MLflow"}, "lowercase"),
         ({"name": "a-very-long-deployment-name"}, "service account id"),
         ({"database.version": "POSTGRES_9_6"}, "must be one of"),
+        ({"artifacts.soft_delete_days": 3}, "7 to 90 days; 0 turns it off"),
+        ({"artifacts.soft_delete_days": 91}, "less than or equal to 90"),
     ],
 )
 def test_values_gcp_would_reject(flags, message):

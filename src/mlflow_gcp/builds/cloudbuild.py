@@ -100,7 +100,7 @@ def _running(ctx: Context, tag: str) -> Any | None:
 def _upload(ctx: Context, tag: str) -> int:
     storage = ctx.clients.storage
     blob = storage.bucket(ctx.names.build_bucket).blob(f"{SOURCE_PREFIX}{tag}.tar.gz")
-    data = context_tar_gz()
+    data = context_tar_gz(ctx.mlflow_version)
     ctx.api(
         f"storage.objects.insert gs://{ctx.names.build_bucket}/{blob.name}",
         blob.upload_from_string,

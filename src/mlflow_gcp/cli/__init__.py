@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .backups import backup, backups, cleanup, restore
 from .down import down
 from .emulator import emulator
 from .env import env_command
@@ -14,6 +15,7 @@ from .open import open_command
 from .rotate import rotate_password
 from .status import status
 from .up import up
+from .upgrade import upgrade
 from .users import users
 
 
@@ -47,12 +49,30 @@ def cli(verbose: int) -> None:
     mlflow-gcp logs [--follow]             the server's log entries (Cloud Logging)
     mlflow-gcp rotate-password [--admin]   new credentials, no downtime
     mlflow-gcp users add NAME              MLflow users and their permissions (basic-auth mode)
+    mlflow-gcp backup | backups            take a database backup | list them
+    mlflow-gcp restore --to-time T         the databases as they were (or --backup ID), into a new instance
+    mlflow-gcp upgrade [--to VERSION]      another MLflow release (backup first; --rollback goes back)
     mlflow-gcp open                        the MLflow UI in your browser
     mlflow-gcp down                        remove it (data only with --delete-data)
     """
 
 
-for command in (up, status, down, env_command, rotate_password, emulator, users, open_command, logs):
+for command in (
+    up,
+    status,
+    down,
+    env_command,
+    rotate_password,
+    emulator,
+    users,
+    open_command,
+    logs,
+    backup,
+    backups,
+    restore,
+    cleanup,
+    upgrade,
+):
     cli.add_command(command)
 
 

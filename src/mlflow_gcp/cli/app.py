@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,14 @@ class App:
         try:
             identity = {"project": self.config.project, "name": self.config.name, "env": self.config.env}
             state = State(backend, identity)
+            from ..operations import live_instance
+
+            # The instance that serves is the state's to say: a restore or a rollback moves the service to a new one.
+            self.names = replace(self.names, database_instance=live_instance(state))
             ctx = Context(self.config, self.names, self.clients, state, log=self.terminal.api_call)
+            from ..upgrade import serving_version
+
+            ctx.mlflow_version = serving_version(self.config, state)
             ctx.publish("project", {"number": number})
             yield ctx
         finally:

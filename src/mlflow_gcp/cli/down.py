@@ -34,6 +34,10 @@ def down(ctx: click.Context, **params: Any) -> None:
         outcomes = Engine(run_ctx, app.terminal).destroy(
             resources(run_ctx, removing=True), delete_data=delete_data, dry_run=dry_run
         )
+        if delete_data and not dry_run:
+            from ..operations import forget_deleted_instances
+
+            forget_deleted_instances(run_ctx.state, [o.id for o in outcomes if o.action in ("deleted", "absent")])
     counts = summarize(outcomes)
     app.terminal.line("Done: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     if not delete_data and counts.get("kept"):

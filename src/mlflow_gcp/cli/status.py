@@ -50,8 +50,15 @@ def status(ctx: click.Context, **params: Any) -> None:
         service = next((o for o in outcomes if o.key == "run"), None)
         url = run_ctx.fact("run", "url") if service and service.action != "would create" else None
         health = None
+        running: dict[str, Any] = {}
         if url:
             health = serving(run_ctx, url)
+            from ..server_version import running as server_running
+
+            running = server_running(run_ctx, url)  # what the server reports: its release and both schema revisions
+        from ..image_source import pinned_mlflow_version
+
+        mlflow_info = {**running, "deployed": run_ctx.mlflow_version, "default": pinned_mlflow_version()}
         secrets = {
             key.split(":", 1)[1]: facts.get("version")
             for key, facts in run_ctx.state.resources.items()
@@ -71,21 +78,40 @@ def status(ctx: click.Context, **params: Any) -> None:
             "builder": builds.resolve(run_ctx),
             "builder_reason": run_ctx.builder_reason,
         }
+        bucket = next((o for o in outcomes if o.key == "bucket"), None)
+        artifacts = {
+            "bucket": f"gs://{run_ctx.names.bucket}",
+            # As the live bucket has it: how long a deleted or overwritten artifact stays restorable (soft delete).
+            "soft_delete_days": run_ctx.fact("bucket", "soft_delete_days")
+            if bucket and bucket.action in ("unchanged", "would update")
+            else None,
+        }
+        from ..operations import in_progress, kept_instances
+
+        database = {
+            "instance": run_ctx.names.instance,
+            # Instances a restore or a rollback moved the service off, with the data as it was (cleanup deletes them).
+            "kept": kept_instances(run_ctx.state),
+            "operation": in_progress(run_ctx.state),
+        }
         from ..cost import describe, existing_estimate
 
         # What exists, priced: what is missing costs nothing; a drifted field is priced as it is live.
         estimate = existing_estimate(run_ctx, outcomes)
-    healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok
+    healthy = all(r["state"] == "ok" for r in rows) and health is not None and health.ok and not database["operation"]
     if params["as_json"]:
         report = {
             "ok": healthy,
             "url": url,
             "image": image,
             "access": access,
+            "artifacts": artifacts,
             "resources": rows,
             "server": health.as_dict() if health else None,
             "secret_versions": secrets,
             "rotations": rotations,
+            "database": database,
+            "mlflow": mlflow_info,
             "estimate": estimate.as_dict(),
         }
         click.echo(json.dumps(report, indent=2))
@@ -103,12 +129,27 @@ def status(ctx: click.Context, **params: Any) -> None:
             click.echo(f"Access: Identity-Aware Proxy; members: {', '.join(access['members']) or 'none'}")
         else:
             click.echo("Access: MLflow basic-auth accounts (the service is public at Cloud Run's front end)")
+        if artifacts["soft_delete_days"] is not None:
+            days = artifacts["soft_delete_days"]
+            kept = f"deleted artifacts restorable for {days} days" if days else "deleted artifacts are gone at once"
+            click.echo(f"Artifacts: {artifacts['bucket']}; {kept} (Cloud Storage soft delete)")
         if health:
             verdict = "serving" if health.ok else "NOT serving"
             click.echo(
                 f"Server: {verdict} (/health {health.health}, authenticated API {health.authenticated}, "
                 f"unauthenticated {health.unauthenticated}){': ' + health.detail if health.detail else ''}"
             )
+        if running:
+            version = running.get("mlflow_version") or "unknown"
+            schemas = f"tracking schema {running.get('tracking_revision') or '?'}, auth schema " + (
+                running.get("auth_revision") or "?"
+            )
+            click.echo(f"MLflow: {version} ({schemas}){': ' + running['detail'] if running.get('detail') else ''}")
+        from packaging.version import Version
+
+        if Version(mlflow_info["default"]) > Version(run_ctx.mlflow_version):
+            click.echo(f"This mlflow-gcp is tested with MLflow {mlflow_info['default']}: `mlflow-gcp upgrade` moves "
+                       f"the server from {run_ctx.mlflow_version}.")  # fmt: skip
         click.echo("Pinned secret versions: " + ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())))
         for credential, info in rotations.items():
             when = info["last_rotated"] or "never"
@@ -116,6 +157,12 @@ def status(ctx: click.Context, **params: Any) -> None:
             if info.get("in_progress"):
                 extra += f"; a rotation is in progress at step {info['in_progress']['step']}: run rotate-password again"
             click.echo(f"Last rotated, {LABEL[credential]}: {when}{extra}")
+        for k in database["kept"]:
+            click.echo(f"Kept database instance: {k['instance']} (since {k['since']}, {k['why']}; "
+                       "mlflow-gcp cleanup deletes it)")  # fmt: skip
+        if database["operation"]:
+            op = database["operation"]
+            click.echo(f"A {op['kind']} is in progress (phase {op['phase']}, since {op['started']}): {op['command']}")
         for line in describe(estimate):
             click.echo(line)
     if not healthy:

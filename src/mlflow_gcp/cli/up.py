@@ -55,6 +55,9 @@ def up(ctx: click.Context, **params: Any) -> None:
     with app.session("up", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
         if not dry_run:
             refuse_if_in_progress(run_ctx.state)
+        from ..upgrade import record_deployed, refuse_version_change
+
+        refuse_version_change(run_ctx)
         what = "Planning" if dry_run else "Provisioning"
         term.line(f"{what} {app.names.prefix} in {app.config.project} ({app.config.region})")
         term.line(describe_builder(run_ctx))
@@ -81,6 +84,7 @@ def up(ctx: click.Context, **params: Any) -> None:
             else:
                 identity.unregister(url)
             health = require_serving(run_ctx, url, "The stack is provisioned")
+            record_deployed(run_ctx)
     counts = summarize(outcomes)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
     term.line(f"{'Plan' if dry_run else 'Done'}: {summary} in {term.elapsed():.1f}s")

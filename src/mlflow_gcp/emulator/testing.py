@@ -198,3 +198,20 @@ def request_rounds(calls: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str,
         out[-1].append(call)
         ends_at = min(ends_at, end)
     return out
+
+
+def server_image_python(mlflow_version: str) -> str:
+    """The interpreter of the environment the emulator installs for the server image pinned to ``mlflow_version``
+    (the one its revisions run with: the same requirements text, so the same cached environment), built if need be.
+    Tests run the image's entrypoint with it as an older release would run it."""
+    from pathlib import Path
+
+    from ..image_source import REQUIREMENTS, context_files
+    from .imagebuild import CACHE_ENV
+    from .imagebuild.pythonenv import PythonEnvironments, pip_install
+
+    rendered = dict(context_files(mlflow_version))[REQUIREMENTS].decode()
+    requirements = pip_install(f"pip install -r {REQUIREMENTS}", lambda _path: rendered)
+    assert requirements is not None
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlflow-gcp-python-envs")
+    return str(PythonEnvironments(root).ensure(requirements) / "python")

@@ -111,7 +111,18 @@ class Bucket(Resource):
         return {"id": self.id(), "bucket": self.name}
 
 
+DAY_SECONDS = 24 * 3600
+
+
+def _write_soft_delete(bucket: Any, seconds: int) -> None:
+    bucket.soft_delete_policy.retention_duration_seconds = seconds  # the setter marks the field for the patch
+
+
 class ArtifactBucket(Bucket):
+    """The artifacts. Its soft-delete retention (``artifacts.soft_delete_days``) is set explicitly, not left to GCS's
+    default (7 days, or whatever an organization's default tag says): a deleted or overwritten artifact can be
+    restored for that long (``list_blobs(soft_deleted=True)``, ``restore_blob``), and drift is repaired by ``up``."""
+
     key = "bucket"
     kind = "artifact bucket"
     holds_data = True
@@ -119,3 +130,23 @@ class ArtifactBucket(Bucket):
     @property
     def name(self) -> str:
         return self.ctx.names.bucket
+
+    def owned_fields(self) -> list[Owned]:
+        return [
+            *super().owned_fields(),
+            Owned(
+                "softDeletePolicy.retentionDurationSeconds",
+                self.ctx.config.artifacts.soft_delete_days * DAY_SECONDS,
+                lambda b: b.soft_delete_policy.retention_duration_seconds,
+                normalize=lambda v: int(v or 0),
+                write=_write_soft_delete,
+            ),
+        ]
+
+    def facts(self, actual: Any) -> dict[str, Any]:
+        seconds = actual.soft_delete_policy.retention_duration_seconds or 0
+        days = seconds // DAY_SECONDS if seconds % DAY_SECONDS == 0 else round(seconds / DAY_SECONDS, 2)
+        return {**super().facts(actual), "soft_delete_days": days}
+
+    def planned_facts(self) -> dict[str, Any]:
+        return {**super().planned_facts(), "soft_delete_days": self.ctx.config.artifacts.soft_delete_days}

@@ -35,7 +35,9 @@ class ServerImage(Resource):
 
     @property
     def tag(self) -> str:
-        return input_hash()
+        """A hash of the build context, whose requirements.txt pins the MLflow release this run deploys (the one
+        serving, unless an upgrade or a rollback moves it: upgrade.py)."""
+        return input_hash(self.ctx.mlflow_version)
 
     def id(self) -> str:
         return self.prebuilt or f"{self.ctx.names.image_repo}:{self.tag}"
@@ -96,7 +98,10 @@ class ServerImage(Resource):
         # The builder that made it when this run built it; else the one recorded (a found image was built before).
         recorded = (self.ctx.state.get(self.key) or {}).get("builder")
         built_by = actual.get("builder") or recorded or builds.resolve(self.ctx)
-        return {"id": self.id(), "uri": actual["uri"], "builder": built_by}
+        facts = {"id": self.id(), "uri": actual["uri"], "builder": built_by}
+        if not self.prebuilt:
+            facts["mlflow_version"] = self.ctx.mlflow_version
+        return facts
 
     def planned_facts(self) -> dict[str, Any]:
         return {"id": self.id(), "uri": self.id(), "builder": builds.resolve(self.ctx)}

@@ -393,12 +393,15 @@ class User(_LoginRole):
         return self._password_version or self.ctx.fact("secret:db-password", "version")
 
     def owned_fields(self) -> list[Owned]:
-        # Cloud SQL never shows a password: the version last set is what this step recorded.
+        # Cloud SQL never shows a password: the version last set is what this step recorded, for this role on this
+        # instance (a restored instance holds the password its backup had, whatever was set on the old one since).
         return [
             Owned(
                 "password (secret version)",
                 self.password_version,
-                lambda _: self.ctx.fact(self.key, "password_version"),
+                lambda _: (
+                    self.ctx.fact(self.key, "password_version") if self.ctx.fact(self.key, "id") == self.id() else None
+                ),
             )
         ]
 

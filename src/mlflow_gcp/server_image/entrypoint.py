@@ -898,9 +898,14 @@ def tracking_schema_is_current(conn: Any) -> bool:
     its engine, its emptiness check and alembic's upgrade run (measured 100-180 ms against 40-60 ms for this). Read
     on the lock's connection, after :func:`ensure_ownership` (which gave this login the owner's privileges)."""
     from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision() == tracking_head()
+
+
+def tracking_head() -> str:
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    return MigrationContext.configure(conn).get_current_revision() == _get_latest_schema_revision()
+    return str(_get_latest_schema_revision())
 
 
 def upgrade_tracking_db(url: str) -> None:
@@ -1072,7 +1077,13 @@ def serve(args: list[str]) -> int:
     def tracking(conn: Any) -> None:
         ensure_ownership(conn, users, database="tracking")
         if not tracking_schema_is_current(conn):
+            from alembic.runtime.migration import MigrationContext
+
+            before = MigrationContext.configure(conn).get_current_revision()
             upgrade_tracking_db(tracking_uri)  # new sessions: they act as the owner
+            # Said once per migration (under the lock, only the instance that found the schema behind migrates):
+            # what `mlflow-gcp upgrade` and its tests read back from the revision's log.
+            log(f"tracking schema migrated from {before or 'empty'} to {tracking_head()}")
 
     def auth(conn: Any) -> None:
         ensure_ownership(conn, users, database="auth")
@@ -1128,10 +1139,12 @@ def serve(args: list[str]) -> int:
     def bootstrap_basic_auth() -> None:
         # MLflow's validates the Flask secret key and bootstraps the admin before it starts its workers; this
         # process bootstrapped the admin moments ago, under the upgrade lock (bootstrap_auth_db). Only the key is
-        # left to check: doing the rest again cost an auth migration check and two password hashes.
-        from mlflow.server.auth import get_flask_server_secret_key
+        # left to check: doing the rest again cost an auth migration check and two password hashes. (MLflow 3.16
+        # has _bootstrap_basic_auth without get_flask_server_secret_key: its app checks the key when it is built.)
+        from mlflow.server import auth
 
-        get_flask_server_secret_key()
+        if hasattr(auth, "get_flask_server_secret_key"):
+            auth.get_flask_server_secret_key()
 
     if in_process:
         # The stores `mlflow server` initialises before it starts the server are the ones this process serves with.

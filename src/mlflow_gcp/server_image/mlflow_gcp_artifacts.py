@@ -110,8 +110,13 @@ def register() -> None:
 
 
 def create_app() -> Any:
-    """The app named by ``MLFLOW_GCP_APP`` (``module:attr`` or ``module:factory()``), with :func:`register` done."""
+    """The app named by ``MLFLOW_GCP_APP`` (``module:attr`` or ``module:factory()``), with :func:`register` done and
+    ``GET /mlflow-gcp/schema`` (mlflow_gcp_schema.py, next to this file) added to MLflow's Flask app."""
+    import mlflow.server
+    import mlflow_gcp_schema
+
     register()
+    mlflow_gcp_schema.register(mlflow.server.app)
     spec = os.environ["MLFLOW_GCP_APP"]
     module, _, name = spec.partition(":")
     factory = name.endswith("()")

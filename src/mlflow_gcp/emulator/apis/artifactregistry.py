@@ -478,6 +478,7 @@ class ArtifactRegistryApi(ApiModule):
                         "env": record.env,
                         "workdir": record.workdir,
                         "exposedPorts": record.exposed_ports,
+                        "pythonRequirements": record.python_requirements,
                     },
                 }
             doc["tags"] = list(dict.fromkeys([*doc.get("tags", []), *tags]))
@@ -539,4 +540,5 @@ class ArtifactRegistryApi(ApiModule):
             workdir=config.get("workdir", "/"),
             exposed_ports=list(config.get("exposedPorts", [])),
             size_bytes=int(doc.get("imageSizeBytes", "0")),
+            python_requirements=config.get("pythonRequirements", ""),
         )

@@ -56,6 +56,7 @@ from ..imagebuild import (
     build_image,
     parse_dockerfile,
     parse_reference,
+    python_envs,
     registry_host,
     scoped,
     unpack_context,
@@ -464,7 +465,7 @@ class DockerEngineApi(ApiModule):
             try:
                 built = build_image(
                     instructions, context, work / "stages", buildargs=buildargs, target=args.get("target") or None,
-                    labels=labels, log=lines.append,
+                    labels=labels, log=lines.append, python_envs=python_envs(self.world.data_dir),
                 )  # fmt: skip
             except BuildStepError as err:
                 shutil.rmtree(work, ignore_errors=True)

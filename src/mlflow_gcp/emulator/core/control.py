@@ -31,6 +31,11 @@ REALISTIC_SECONDS: dict[str, float] = {
     "sqladmin.instance.delete": 120.0,
     "sqladmin.database": 10.0,
     "sqladmin.user": 8.0,
+    # Backups and recovery: no measurement found; a backup and a restore as long as a patch's restart, a clone as
+    # long as a create (it makes an instance).
+    "sqladmin.backup": 60.0,
+    "sqladmin.restore": 60.0,
+    "sqladmin.clone": 600.0,
     "run.service.deploy": 45.0,  # on top of the real startup probe; "about a minute" end to end
     "run.service.delete": 10.0,
     "storage.bucket": 0.5,
@@ -67,6 +72,10 @@ class Settings(BaseModel):
     groups: dict[str, list[str]] = {}
     #: Cloud SQL keeps a deleted instance's name reserved for a week; off lets tests reuse names at once.
     sql_name_reuse_blocked: bool = True
+    #: Seconds the emulator's clock runs ahead of the host's, so a test can outlive a retention period GCP does
+    #: not let it shorten (Cloud Storage soft delete keeps objects at least 7 days). Cloud Storage reads it (its
+    #: timestamps, soft delete's hard-delete times, uniform access's lock); the other APIs keep the host's clock.
+    clock_offset_seconds: float = Field(0.0, ge=0)
 
     kill_after_mutations: int | None = Field(None, ge=1)
     kill_pid: int | None = None

@@ -2,9 +2,11 @@
 
 The emulator has no container runtime. A build (Docker Engine API or Cloud Build) unpacks the files that
 the Dockerfile's COPY/ADD put in the image into ``rootfs`` and records the config (ENTRYPOINT, CMD, ENV,
-WORKDIR, EXPOSE); RUN steps are recorded, not executed, so the host environment must provide what they
-would install. A revision runs ``entrypoint + cmd`` as a host process: absolute paths that exist under
-``rootfs`` are rewritten to the unpacked files, and the working directory is ``rootfs/WORKDIR``.
+WORKDIR, EXPOSE). RUN steps are recorded, not executed, except pip installs: what they install is the image's
+``python_requirements``, installed into a virtualenv per requirements hash (``imagebuild/pythonenv.py``). A revision
+runs ``entrypoint + cmd`` as a host process: absolute paths that exist under ``rootfs`` are rewritten to the
+unpacked files, the working directory is ``rootfs/WORKDIR``, and the image's environment (if any) comes first on
+its ``PATH``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class ImageRecord:
     workdir: str = "/"
     exposed_ports: list[int] = field(default_factory=list)
     size_bytes: int = 0
+    #: What the image's RUN pip installs installed ("" for nothing): the key of its Python environment.
+    python_requirements: str = ""
 
     def host_path(self, path: str) -> str:
         """Map an absolute path inside the image to the host, when the image holds it."""

@@ -21,12 +21,14 @@ What follows the classic Docker builder (the one docker-py and ``docker build`` 
 
 Emulator limits: base images are never pulled (``FROM`` records the reference; ``python:*`` bases get the
 config the official images carry), ``COPY --from=<image>`` of an external image and ``ADD <url>`` cannot be
-served, and RUN has no effect on the files.
+served, and RUN has no effect on the files. A RUN that is a ``pip install`` is run, into a virtualenv per
+requirements hash that the image's revisions run with (``pythonenv.py``).
 
 The package: ``dockerfile.py`` parses, ``context.py`` unpacks and filters the build context (and scopes file
 operations to a root), ``build.py`` runs the instructions, ``image.py`` is the finished image (config,
 manifest, the registry's record of it), ``references.py`` reads image names and ``commandline.py`` the
-``docker build`` flags of a Cloud Build step; ``errors.py`` has the two ways a build fails.
+``docker build`` flags of a Cloud Build step; ``pythonenv.py`` runs pip installs; ``errors.py`` has the two ways
+a build fails.
 """
 
 from .build import DEFAULT_PATH, Log, build_image
@@ -42,9 +44,11 @@ from .image import (
     now_rfc3339,
     sha256_hex,
 )
+from .pythonenv import CACHE_ENV, InstallFailed, PythonEnvironments, python_envs
 from .references import InvalidReference, familiar, parse_reference, registry_host
 
 __all__ = [
+    "CACHE_ENV",
     "CONFIG_MEDIA_TYPE",
     "DEFAULT_PATH",
     "INSTRUCTIONS",
@@ -54,9 +58,11 @@ __all__ = [
     "BuiltImage",
     "DockerBuildArgs",
     "DockerfileError",
+    "InstallFailed",
     "Instruction",
     "InvalidReference",
     "Log",
+    "PythonEnvironments",
     "apply_dockerignore",
     "build_image",
     "expand",
@@ -65,6 +71,7 @@ __all__ = [
     "parse_docker_build_args",
     "parse_dockerfile",
     "parse_reference",
+    "python_envs",
     "read_dockerignore",
     "registry_host",
     "scoped",

@@ -7,6 +7,7 @@ import json
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import tarfile
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from .context import copy_file, copy_tree, scoped, tree_digest
 from .dockerfile import EXPANDS, Instruction, exec_form, expand, pairs, split_words
 from .errors import BuildStepError, DockerfileError
 from .image import BuiltImage, now_rfc3339, sha256_hex
+from .pythonenv import InstallFailed, PythonEnvironments, pip_install, stage_reader
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _WILDCARD = re.compile(r"[*?\[]")
@@ -56,6 +58,8 @@ class _Stage:
     chain: str
     cmd_set: bool = False
     author: str = ""
+    #: What this stage's RUN pip installs put in its Python environment (pythonenv.py), cumulative; "" for none.
+    python_requirements: str = ""
 
     def env(self) -> dict[str, str]:
         out = dict(self.args)
@@ -85,10 +89,11 @@ def build_image(
     target: str | None = None,
     labels: dict[str, str] | None = None,
     log: Log = lambda _line: None,
+    python_envs: PythonEnvironments,
 ) -> BuiltImage:
-    """Run the instructions against ``context``; stage root filesystems go under ``workdir``. The final
-    stage's rootfs stays there (the caller moves it). Raises DockerfileError for a bad target, BuildStepError
-    (after logging the steps that ran) when a step fails."""
+    """Run the instructions against ``context``; stage root filesystems go under ``workdir`` and the environments
+    RUN pip installs make under ``python_envs``. The final stage's rootfs stays there (the caller moves it). Raises
+    DockerfileError for a bad target, BuildStepError (after logging the steps that ran) when a step fails."""
     buildargs = dict(buildargs or {})
     if target:
         names = [_stage_name(inst) for inst in instructions if inst.keyword == "FROM"]
@@ -121,7 +126,7 @@ def build_image(
             log(f" ---> {stage.chain[:12]}\n")
             continue
         assert stage is not None
-        _dispatch(inst, stage, stages, context, buildargs, meta_args, log)
+        _dispatch(inst, stage, stages, context, buildargs, meta_args, log, python_envs)
         stage.chain = sha256_hex(stage.chain + "\n" + inst.original)
         log(f" ---> {stage.chain[:12]}\n")
     assert stage is not None
@@ -131,7 +136,7 @@ def build_image(
     image_id = "sha256:" + sha256_hex(
         json.dumps(
             {"config": stage.config, "history": [h["created_by"] for h in stage.history], "files": digest,
-             "base": stage.base, "layers": stage.layers},
+             "base": stage.base, "layers": stage.layers, "python": stage.python_requirements},
             sort_keys=True,
         )
     )  # fmt: skip
@@ -146,6 +151,7 @@ def build_image(
         env=stage.explicit_env,
         created=now_rfc3339(),
         author=stage.author,
+        python_requirements=stage.python_requirements,
     )
 
 
@@ -178,7 +184,7 @@ def _from(inst: Instruction, meta_args: dict[str, str], stages: list[_Stage], wo
         copy_tree(parent.rootfs, rootfs)
         return _Stage(
             name, parent.base, rootfs, json.loads(json.dumps(parent.config)), dict(parent.explicit_env), {},
-            list(parent.history), list(parent.layers), parent.chain,
+            list(parent.history), list(parent.layers), parent.chain, python_requirements=parent.python_requirements,
         )  # fmt: skip
     base = _base_config(ref)
     config: dict[str, Any] = {
@@ -207,6 +213,7 @@ def _dispatch(
     buildargs: dict[str, str],
     meta_args: dict[str, str],
     log: Log,
+    python_envs: PythonEnvironments,
 ) -> None:
     kw = inst.keyword
     env = stage.env()
@@ -216,8 +223,23 @@ def _dispatch(
     if kw == "RUN":
         container = sha256_hex(stage.chain + inst.original)[:12]
         log(f" ---> Running in {container}\n")
+        argv = exec_form(inst.rest)
+        shell = config.get("Shell") or ["/bin/sh", "-c"]
+        command = " ".join(argv) if argv is not None else " ".join([*shell, inst.rest])
+        # Only a pip install is run (pythonenv.py); the rest of the step is recorded, as Docker's layer would be.
+        installs = pip_install(
+            shlex.join(argv) if argv is not None else inst.rest,
+            stage_reader(stage.rootfs, config.get("WorkingDir") or "/"),
+        )
+        if installs is not None:
+            stage.python_requirements += installs
+            try:
+                python_envs.ensure(stage.python_requirements, log)
+            except InstallFailed:
+                # The classic builder's words when a RUN command exits non-zero (its output came first).
+                raise BuildStepError(f"The command '{command}' returned a non-zero code: 1") from None
         log(f" ---> Removed intermediate container {container}\n")
-        stage.layers.append("sha256:" + sha256_hex(f"run:{stage.chain}:{inst.original}"))
+        stage.layers.append("sha256:" + sha256_hex(f"run:{stage.chain}:{inst.original}:{stage.python_requirements}"))
         created_by = f"/bin/sh -c {inst.rest}"
     elif kw in ("COPY", "ADD"):
         _copy(inst, stage, stages, context, env)

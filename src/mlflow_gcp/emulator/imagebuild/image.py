@@ -39,6 +39,8 @@ class BuiltImage:
     env: dict[str, str] = field(default_factory=dict)
     created: str = ""
     author: str = ""
+    #: What the image's RUN pip installs installed (imagebuild/pythonenv.py); "" when it installs nothing.
+    python_requirements: str = ""
 
     @property
     def short_id(self) -> str:
@@ -55,6 +57,7 @@ class BuiltImage:
             "env": self.env,
             "created": self.created,
             "author": self.author,
+            "python_requirements": self.python_requirements,
         }
 
     @classmethod
@@ -70,6 +73,7 @@ class BuiltImage:
             env=dict(doc.get("env", {})),
             created=doc.get("created", ""),
             author=doc.get("author", ""),
+            python_requirements=doc.get("python_requirements", ""),
         )
 
     def manifest(self) -> tuple[str, int, bytes]:
@@ -100,4 +104,5 @@ class BuiltImage:
             workdir=self.config.get("WorkingDir") or "/",
             exposed_ports=sorted(ports),
             size_bytes=self.size,
+            python_requirements=self.python_requirements,
         )

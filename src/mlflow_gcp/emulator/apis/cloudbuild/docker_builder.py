@@ -16,6 +16,7 @@ from ...imagebuild import (
     BuiltImage,
     DockerfileError,
     InvalidReference,
+    PythonEnvironments,
     apply_dockerignore,
     build_image,
     parse_docker_build_args,
@@ -50,7 +51,13 @@ def local(daemon: dict[str, BuiltImage], name: str) -> BuiltImage | None:
 
 
 def run_step(
-    step: dict[str, Any], workspace: Path, work: Path, daemon: dict[str, BuiltImage], log: Log, push: Push
+    step: dict[str, Any],
+    workspace: Path,
+    work: Path,
+    daemon: dict[str, BuiltImage],
+    log: Log,
+    push: Push,
+    python_envs: PythonEnvironments,
 ) -> bool:
     """Run one step; False when it fails (its output, including the error, went to ``log``)."""
     name = step["name"]
@@ -66,7 +73,7 @@ def run_step(
             raise BuildStepError('"docker" requires a command')
         command, rest = args[0], args[1:]
         if command == "build":
-            _docker_build(rest, cwd, work, daemon, env, log)
+            _docker_build(rest, cwd, work, daemon, env, log, python_envs)
         elif command == "tag":
             if len(rest) != 2:
                 raise BuildStepError('"docker tag" requires exactly 2 arguments.')
@@ -106,7 +113,13 @@ def run_step(
 
 
 def _docker_build(
-    argv: list[str], cwd: Path, work: Path, daemon: dict[str, BuiltImage], env: dict[str, str], log: Log
+    argv: list[str],
+    cwd: Path,
+    work: Path,
+    daemon: dict[str, BuiltImage],
+    env: dict[str, str],
+    log: Log,
+    python_envs: PythonEnvironments,
 ) -> None:
     a = parse_docker_build_args(argv, env)
     tags = []
@@ -134,7 +147,7 @@ def _docker_build(
         instructions = parse_dockerfile(dockerfile.read_text(errors="replace"), dockerfile.name, classic=False)
         built = build_image(
             instructions, ctx, scratch / "stages", buildargs=a.buildargs, target=a.target, labels=a.labels,
-            log=lambda line: log(line.rstrip("\n")),
+            log=lambda line: log(line.rstrip("\n")), python_envs=python_envs,
         )  # fmt: skip
     except DockerfileError as err:
         raise BuildStepError(f"Error response from daemon: {err.message}") from None

@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...core.errors import GcpError
-from ...imagebuild import BuiltImage, DockerfileError, now_rfc3339, registry_host, sha256_hex, unpack_context
+from ...imagebuild import (
+    BuiltImage,
+    DockerfileError,
+    now_rfc3339,
+    python_envs,
+    registry_host,
+    sha256_hex,
+    unpack_context,
+)
 from ..artifactregistry import parse_image_uri, push_error_message
 from . import docker_builder
 from .identity import BuildIdentity
@@ -164,7 +172,9 @@ class BuildRunner:
                 step["status"] = "WORKING"
                 step["timing"] = {"startTime": now_rfc3339()}
                 self.api.save(key, build)
-                ok = docker_builder.run_step(step, workspace, work, daemon, log.step(label), push)
+                ok = docker_builder.run_step(
+                    step, workspace, work, daemon, log.step(label), push, python_envs(self.world.data_dir)
+                )
                 step["timing"]["endTime"] = now_rfc3339()
                 step["status"] = "SUCCESS" if ok else "FAILURE"
                 step["exitCode"] = 0 if ok else 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.images import ImageRecord
+from ...imagebuild import InstallFailed, python_envs
 from . import hello
 from .cloudsql import CLOUDSQL_DIR_ENV
 from .common import (
@@ -140,11 +141,16 @@ class Launch:
 
         env: dict[str, str] = {k: v for k, v in record.env.items() if k != "PATH"}
         image_path = [record.host_path(p) for p in record.env.get("PATH", "").split(":") if p]
+        host_python = str(Path(sys.executable).parent)
+        # The image's `python` is the environment its RUN pip install made (imagebuild/pythonenv.py): its packages
+        # and nothing of the host's. An image that installs nothing runs the host's interpreter (the base image's
+        # stand-in), as before.
+        python = self._python_env(record)
         path = [
-            str(Path(sys.executable).parent),
+            str(python) if python else host_python,
             *[p for p in image_path if Path(p).is_absolute() and Path(p).exists()],
         ]
-        path += os.environ.get("PATH", "").split(":")
+        path += [p for p in os.environ.get("PATH", "").split(":") if not (python and p == host_python)]
         env["PATH"] = ":".join(dict.fromkeys(p for p in path if p))
         for key in ("HOME", "LANG"):
             if key in os.environ:
@@ -213,6 +219,19 @@ class Launch:
         self._sync_cloudsql(proc)
         self._ensure_watchdog()
         return proc
+
+    def _python_env(self, record: ImageRecord) -> Path | None:
+        """The ``bin`` directory of the image's Python environment, None when the image installs nothing. Built when
+        the image was (a missing one, a cache emptied since, is installed again: the image's layers are its)."""
+        if not record.python_requirements:
+            return None
+        try:
+            return python_envs(self.world.data_dir).ensure(record.python_requirements)
+        except InstallFailed:
+            raise _RevisionFailure(
+                f"Image '{record.uri}': its Python environment (RUN pip install) could not be installed again.",
+                container=True,
+            ) from None
 
     def _resolve_image(self, service: str, revision: str, uri: str) -> ImageRecord | None:
         """The image a revision runs, pinned to the digest it had when the revision first started."""

@@ -1,5 +1,5 @@
 """Cloud SQL Admin v1: instances insert/get/list/patch/update/delete, databases insert/get/list/patch/update/delete,
-users insert/get/list/update/delete, operations get/list.
+users insert/get/list/update/delete, operations get/list (backups and recovery: backups.py, recovery.py extend it).
 
 Shapes follow traffic recorded on real GCP (tests/golden/recordings/sql-*.log): creating a database and every
 user call answer an operation that is already DONE; instance and other database changes answer PENDING.
@@ -132,6 +132,20 @@ MANAGED_FLAGS = frozenset(
         "fsync",
         "ssl",
         "shared_preload_libraries",
+        # backups and point-in-time recovery (walarchive.py)
+        "wal_level",
+        "archive_mode",
+        "archive_command",
+        "archive_library",
+        "restore_command",
+        "recovery_target",
+        "recovery_target_time",
+        "recovery_target_action",
+        "recovery_target_name",
+        "recovery_target_lsn",
+        "recovery_target_xid",
+        "recovery_target_inclusive",
+        "recovery_target_timeline",
     }
 )
 _RESTART_SETTINGS = ("tier", "databaseFlags", "activationPolicy")
@@ -307,11 +321,15 @@ def _server_ca_cert(instance: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class SqlAdminApi(ApiModule):
+class CoreSqlAdminApi(ApiModule):
+    """Instances, databases, users and operations; backups.py and recovery.py extend it (SqlAdminApi)."""
+
     prefix = "/sqladmin"
     error_style = "legacy"
     service = "sqladmin.googleapis.com"
     title = "Cloud SQL Admin API"
+    #: operationType -> the latency profile's key for the time it takes
+    delay_keys: dict[str, str] = DELAY_KEYS
 
     def __init__(self, world: World) -> None:
         super().__init__(world)
@@ -414,10 +432,17 @@ class SqlAdminApi(ApiModule):
             raise _in_progress()
 
     def _start_op(
-        self, project: str, instance: str, op_type: str, work: dict[str, Any], target: str = ""
+        self,
+        project: str,
+        instance: str,
+        op_type: str,
+        work: dict[str, Any],
+        target: str = "",
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Record a PENDING operation and run it in the background; the caller holds the lock and has checked
-        the instance is idle. ``target`` is the path below the instance the operation is about (a database).
+        the instance is idle. ``target`` is the path below the instance the operation is about (a database);
+        ``extra`` are fields of the public operation (a ``backupContext``).
         Creating a database and every user call are done before Cloud SQL answers (recorded:
         tests/golden/recordings/sql-database.log, sql-user.log): so here too, unless the latency profile
         gives them time."""
@@ -433,12 +458,13 @@ class SqlAdminApi(ApiModule):
             "targetId": instance,
             "selfLink": f"{API_BASE}/projects/{project}/operations/{name}",
             "targetProject": project,
+            **(extra or {}),
         }
         self.world.store.put(
             KIND_OPERATION, f"{project}/{name}", {"public": public, "work": work, "instance": instance}
         )
         self._busy[f"{project}/{instance}"] = name
-        if op_type in _ANSWERED_DONE and not self.world.control.delay(DELAY_KEYS[op_type]):
+        if op_type in _ANSWERED_DONE and not self.world.control.delay(self.delay_keys[op_type]):
             self._run(project, name, self._cancel)
             rec = self.world.store.get(KIND_OPERATION, f"{project}/{name}")
             return rec["public"] if rec is not None else public
@@ -469,7 +495,7 @@ class SqlAdminApi(ApiModule):
             work = rec["work"]
             if "startTime" not in rec["public"]:
                 self._set_op(project, op_name, status="RUNNING", startTime=_now())
-            if cancel.wait(self.world.control.delay(DELAY_KEYS[work["type"]])):
+            if cancel.wait(self.world.control.delay(self.delay_keys[work["type"]])):
                 return  # reset or shutdown: a restored emulator resumes the operation
             error: dict[str, Any] | None = None
             try:
@@ -874,26 +900,30 @@ class SqlAdminApi(ApiModule):
         root_password = body.get("rootPassword")
         verifier = scram_verifier(root_password) if root_password else None
         with self._lock:
-            key = f"{pid}/{name}"
-            if self.world.store.get(KIND_INSTANCE, key) is not None:
-                raise GcpError(
-                    409, "The Cloud SQL instance already exists.", "ALREADY_EXISTS", reason="instanceAlreadyExists"
-                )
-            deleted = self.world.store.get(KIND_DELETED, key)
-            if (
-                deleted is not None
-                and self.world.control.settings.sql_name_reuse_blocked
-                and time.time() - deleted["deletedAt"] < NAME_REUSE_SECONDS
-            ):
-                raise GcpError(
-                    409,
-                    "The Cloud SQL instance already exists. When you delete an instance, you can't reuse the name of "
-                    "the deleted instance until one week from the deletion date.",
-                    "ALREADY_EXISTS",
-                    reason="instanceAlreadyExists",
-                )
-            self.world.store.put(KIND_INSTANCE, key, instance)
+            self._check_name_free(pid, name)
+            self.world.store.put(KIND_INSTANCE, f"{pid}/{name}", instance)
             return self._start_op(pid, name, "CREATE", {"type": "CREATE", "rootVerifier": verifier})
+
+    def _check_name_free(self, project: str, name: str) -> None:
+        """A new instance's name: not an instance's, nor a deleted one's for a week. The caller holds the lock."""
+        key = f"{project}/{name}"
+        if self.world.store.get(KIND_INSTANCE, key) is not None:
+            raise GcpError(
+                409, "The Cloud SQL instance already exists.", "ALREADY_EXISTS", reason="instanceAlreadyExists"
+            )
+        deleted = self.world.store.get(KIND_DELETED, key)
+        if (
+            deleted is not None
+            and self.world.control.settings.sql_name_reuse_blocked
+            and time.time() - deleted["deletedAt"] < NAME_REUSE_SECONDS
+        ):
+            raise GcpError(
+                409,
+                "The Cloud SQL instance already exists. When you delete an instance, you can't reuse the name of "
+                "the deleted instance until one week from the deletion date.",
+                "ALREADY_EXISTS",
+                reason="instanceAlreadyExists",
+            )
 
     @route("GET", "/v1/projects/{project}/instances/{instance}", name="instances.get")
     def get_instance(self, req: ApiRequest) -> dict[str, Any]:
@@ -987,6 +1017,11 @@ class SqlAdminApi(ApiModule):
                     "The instance is protected from deletion. Set settings.deletionProtectionEnabled to false "
                     "(instances.patch) and try again."
                 )
+            final_backup = instance["settings"].get("finalBackupConfig", {}).get("enabled")
+            if final_backup or req.args.get("enableFinalBackup") == "true":
+                # Deleting an instance deletes its backups and transaction logs (backups.py); a final backup that
+                # outlives the instance is not emulated.
+                raise _not_emulated("A final backup kept after the instance is deleted")
             instance["state"] = "PENDING_DELETE"
             self.world.store.put(KIND_INSTANCE, f"{pid}/{name}", instance)
             return self._start_op(pid, name, "DELETE", {"type": "DELETE"})

@@ -49,6 +49,13 @@ SUPERUSER_ROLE = "cloudsqlsuperuser"
 #: Roles and databases Cloud SQL keeps to itself: never listed, never touched through the API.
 INTERNAL_ROLES = frozenset({ADMIN_ROLE, SUPERUSER_ROLE, "cloudsqlagent", "cloudsqlreplica", "cloudsqliamuser"})
 INTERNAL_DATABASES = frozenset({ADMIN_DB, "template0", "template1"})
+#: Unix socket only, a SCRAM password for every role; replication connections (base backups) for the emulator's
+#: own superuser alone.
+HBA = (
+    "# Cloud SQL emulator: connections only over the unix socket, SCRAM passwords for every role.\n"
+    "local   all           all             scram-sha-256\n"
+    f"local   replication   {ADMIN_ROLE}   scram-sha-256\n"
+)
 INSTALL_HINT = "install PostgreSQL (`apt-get install postgresql`) or put its initdb, pg_ctl and postgres on PATH"
 _BINARIES = ("initdb", "pg_ctl", "postgres")
 
@@ -119,14 +126,14 @@ def _postgres_account() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _as_postgres() -> dict[str, Any]:
+def as_postgres() -> dict[str, Any]:
     account = _postgres_account()
     if account is None:
         return {}
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [account.pw_gid]}
 
 
-def _give_to_postgres(path: Path) -> None:
+def give_to_postgres(path: Path) -> None:
     if (account := _postgres_account()) is not None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
@@ -148,7 +155,7 @@ def ensure_traversable(path: Path, top: Path) -> None:
             )
 
 
-def _env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     # PG* variables of the caller (PGDATA, PGPORT, ...) must not steer the emulator's servers.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8")
@@ -250,6 +257,8 @@ class PostgresServer:
         self.log_file = instance_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.RLock()
+        #: Started with WAL archiving on (point-in-time recovery): the current segment is archived before a stop.
+        self.archiving = False
 
     # -- layout --
 
@@ -276,27 +285,36 @@ class PostgresServer:
 
     # -- lifecycle --
 
-    def initialize(self, binaries: PgBinaries, top: Path) -> None:
-        """initdb a fresh cluster whose bootstrap superuser is ``cloudsqladmin`` with a random password."""
+    def prepare(self, top: Path) -> None:
+        """Empty instance and socket directories the postgres user can reach (``top``: the emulator's data dir)."""
         self.check_socket_path()
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         for d in (self.instance_dir, self.socket_dir):
             d.mkdir(parents=True, mode=0o755)
             os.chmod(d, 0o755)
-            _give_to_postgres(d)
+            give_to_postgres(d)
         ensure_traversable(self.instance_dir, top)
         ensure_traversable(self.socket_dir, top)
-        password = secrets.token_urlsafe(32)
+
+    def set_admin_password(self, password: str) -> None:
+        """The emulator's own superuser password for this cluster, in a 0600 file only the emulator reads."""
+        self.password_file.unlink(missing_ok=True)
         fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password)
+
+    def initialize(self, binaries: PgBinaries, top: Path) -> None:
+        """initdb a fresh cluster whose bootstrap superuser is ``cloudsqladmin`` with a random password."""
+        self.prepare(top)
+        password = secrets.token_urlsafe(32)
+        self.set_admin_password(password)
         # initdb reads the password as the postgres user, from a file only it can read, removed at once.
         pwfile = self.instance_dir / ".initdb-pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
-        _give_to_postgres(pwfile)
+        give_to_postgres(pwfile)
         try:
             result = subprocess.run(
                 [
@@ -313,14 +331,18 @@ class PostgresServer:
                     "UTF8",
                     "--locale",
                     _locale(),
+                    # 1 MiB WAL segments instead of 16: every archived segment (point-in-time recovery) and every
+                    # base backup copies whole segments; the size is invisible through Cloud SQL's API.
+                    "--wal-segsize",
+                    "1",
                     "--no-sync",
                 ],
                 capture_output=True,
                 text=True,
                 cwd=self.instance_dir,
-                env=_env(),
+                env=clean_env(),
                 timeout=300,
-                **_as_postgres(),
+                **as_postgres(),
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -328,11 +350,8 @@ class PostgresServer:
             raise PostgresError(f"initdb failed: {(result.stderr or result.stdout).strip()[-2000:]}")
         # Unix socket only, and a password for every role: never `trust`.
         hba = self.pgdata / "pg_hba.conf"
-        hba.write_text(
-            "# Cloud SQL emulator: connections only over the unix socket, SCRAM passwords for every role.\n"
-            "local   all   all   scram-sha-256\n"
-        )
-        _give_to_postgres(hba)
+        hba.write_text(HBA)
+        give_to_postgres(hba)
 
     def admin_password(self) -> str:
         return self.password_file.read_text().strip()
@@ -381,6 +400,7 @@ class PostgresServer:
             }
             for key, value in {**options, **managed}.items():
                 argv += ["-c", f"{key}={value}"]
+            self.archiving = options.get("archive_mode") == "on"
             log = self.log_file.open("ab")
             try:
                 self.proc = _spawn(
@@ -389,8 +409,8 @@ class PostgresServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.instance_dir,
-                    env=_env(),
-                    **_as_postgres(),
+                    env=clean_env(),
+                    **as_postgres(),
                 )
             finally:
                 log.close()
@@ -415,6 +435,12 @@ class PostgresServer:
     def stop(self, timeout: float = 60.0) -> None:
         with self.lock:
             pid = self._postmaster_pid()
+            if pid is not None and self.archiving:
+                # The last, partly written segment is archived only once complete: complete it now, so that every
+                # commit made before the stop can be recovered from the archive (the archiver finishes its work
+                # during a fast shutdown).
+                with contextlib.suppress(psycopg.Error, OSError), self.connect() as conn:
+                    conn.execute("SELECT pg_switch_wal()")
             if pid is not None:
                 stopped = False
                 with contextlib.suppress(PostgresError, OSError, subprocess.SubprocessError):
@@ -423,9 +449,9 @@ class PostgresServer:
                         [pg_ctl, "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout))],
                         capture_output=True,
                         text=True,
-                        env=_env(),
+                        env=clean_env(),
                         timeout=timeout + 10,
-                        **_as_postgres(),
+                        **as_postgres(),
                     )
                     stopped = result.returncode == 0
                 if not stopped:

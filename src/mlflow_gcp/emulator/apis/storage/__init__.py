@@ -24,9 +24,12 @@ Behaviour kept from GCS:
 Object bytes live in files, one per generation, under ``data_dir/gcs/<bucket>/``; bodies are streamed to
 and from disk so large objects never sit in memory. Metadata lives in the store.
 
+- Soft delete: with a bucket retention, a deleted or overwritten generation stays listable (``softDeleted=true``)
+  and restorable until its ``hardDeleteTime`` (softdelete.py says what GCS does and what is left out).
+
 The package: ``api.py`` (the module and what its routes share), ``buckets.py``, ``objects.py`` (metadata and
-downloads), ``uploads.py`` (media, multipart and resumable uploads), ``common.py`` (errors, preconditions,
-hashing).
+downloads), ``softdelete.py`` (soft-deleted generations and restore), ``uploads.py`` (media, multipart and resumable
+uploads), ``common.py`` (errors, preconditions, hashing).
 """
 
 from .api import StorageApi

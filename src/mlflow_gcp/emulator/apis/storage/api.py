@@ -22,10 +22,11 @@ from .common import (
     _required,
 )
 from .objects import Objects
+from .softdelete import SoftDelete
 from .uploads import Uploads
 
 
-class StorageApi(Buckets, Objects, Uploads, ApiModule):
+class StorageApi(Buckets, Objects, SoftDelete, Uploads, ApiModule):
     prefix = ""
     error_style = "legacy"
     service = "storage.googleapis.com"
@@ -73,6 +74,10 @@ class StorageApi(Buckets, Objects, Uploads, ApiModule):
         shutil.rmtree(self.root / ".tmp", ignore_errors=True)
 
     # --- internals -----------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The emulator's clock: the host's, moved on by the control setting ``clock_offset_seconds``."""
+        return time.time() + self.world.control.settings.clock_offset_seconds
 
     def _next_generation(self) -> int:
         # Generations are microsecond timestamps on GCS; keep them strictly increasing.

@@ -222,7 +222,7 @@ class Buckets:
             location_type = "region"
         else:
             raise _bad("The specified location constraint is not valid.")
-        now = time.time()
+        now = self._now()
         number = project["name"].split("/")[1]
         bucket: dict[str, Any] = {
             k: v for k, v in body.items() if k in _BUCKET_MUTABLE | _BUCKET_CREATE_ONLY and v is not None
@@ -309,7 +309,7 @@ class Buckets:
                 updated = {**kept, **{k: v for k, v in changes.items() if v is not None}}
             else:
                 updated = _merge(current, changes)
-            now = time.time()
+            now = self._now()
             updated = self._normalize_bucket(updated, current, changes, now)
             meta = int(current["metageneration"]) + 1
             updated.update({"metageneration": str(meta), "updated": _ts(now), "etag": _bucket_etag(meta)})
@@ -330,8 +330,12 @@ class Buckets:
         with self._lock:
             bucket = self._bucket(name)
             self._check_bucket_preconditions(req, bucket, read=False)
+            # Soft-deleted objects do not keep a bucket from being deleted (storage.v2 DeleteBucket: "succeeds if
+            # the bucket only contains soft-deleted objects"); GCS then soft-deletes the bucket with them, which
+            # the emulator does not model: they go with it (softdelete.py).
             if self.world.store.names(OBJECT_KIND, f"{name}/"):
                 raise GcpError(409, "The bucket you tried to delete is not empty.", "ALREADY_EXISTS", reason="conflict")
+            self._forget_soft_deleted(name)
             self.world.store.delete(BUCKET_KIND, name)
             self.world.iam.delete(self.policy_resource(name))
             shutil.rmtree(self.root / name, ignore_errors=True)

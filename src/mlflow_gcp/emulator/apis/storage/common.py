@@ -19,6 +19,8 @@ from ...core.http import ApiRequest
 
 BUCKET_KIND = "storage.bucket"
 OBJECT_KIND = "storage.object"
+#: Soft-deleted generations, keyed ``<bucket>/<object>#<generation>`` (softdelete.py).
+SOFT_DELETED_KIND = "storage.object.softDeleted"
 UPLOAD_KIND = "storage.upload"
 
 _READ_CHUNK = 1 << 20
@@ -202,6 +204,17 @@ def _int_arg(req: ApiRequest, *names: str) -> int | None:
             except ValueError:
                 raise _bad(f"Invalid value for {name}: {raw}") from None
     return None
+
+
+def _bool_arg(req: ApiRequest, name: str) -> bool | None:
+    """A boolean query parameter. The Python client sends ``True``/``False`` (str() of a bool) and GCS takes
+    them, so the case is ignored."""
+    raw = req.args.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise _bad(f"Invalid value for {name}: {raw}")
 
 
 def _glob(pattern: str) -> re.Pattern[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
@@ -25,6 +24,7 @@ from .common import (
     OBJECT_KIND,
     Preconditions,
     _bad,
+    _bool_arg,
     _condition_not_met,
     _decode_token,
     _Digest,
@@ -82,7 +82,8 @@ class Objects:
                 target = self._blob_path(bucket_name, generation)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
-                now = _ts(time.time())
+                clock = self._now()
+                now = _ts(clock)
                 obj: dict[str, Any] = {k: v for k, v in metadata.items() if k in _OBJECT_WRITABLE and v is not None}
                 obj.update(
                     {
@@ -106,7 +107,8 @@ class Objects:
                 )
                 self.world.store.put(OBJECT_KIND, key, obj)
                 if current is not None:
-                    self._blob_path(bucket_name, int(current["generation"])).unlink(missing_ok=True)
+                    # Overwritten: soft-deleted when the bucket keeps deleted objects (softdelete.py).
+                    self._retire(bucket, current, clock)
                 return obj
         finally:
             source.unlink(missing_ok=True)
@@ -185,12 +187,16 @@ class Objects:
 
     @route("GET", "/download/storage/v1/b/{bucket}/o/{object=**}", name="objects.download")
     def download(self, req: ApiRequest) -> Response:
+        if _bool_arg(req, "softDeleted"):
+            return self._get_soft_deleted(req)  # which refuses media: a soft-deleted object cannot be read
         return self._download(req, req["bucket"], req["object"])
 
     # --- objects -------------------------------------------------------------------------------------
 
     @route("GET", "/storage/v1/b/{bucket}/o/{object=**}", name="objects.get")
     def get_object(self, req: ApiRequest) -> Any:
+        if _bool_arg(req, "softDeleted"):
+            return self._get_soft_deleted(req)
         if req.args.get("alt") == "media":
             return self._download(req, req["bucket"], req["object"])
         obj = self._object(req["bucket"], req["object"], _int_arg(req, "generation"))
@@ -208,8 +214,14 @@ class Objects:
         end_offset = req.args.get("endOffset", "")
         trailing = req.args.get("includeTrailingDelimiter", "").lower() == "true"
         glob = _glob(req.args["matchGlob"]) if req.args.get("matchGlob") else None
+        soft_deleted = bool(_bool_arg(req, "softDeleted"))
+        if soft_deleted and _bool_arg(req, "versions"):
+            raise _bad("softDeleted and versions cannot both be true.")
         token = req.args.get("pageToken")
-        after = _decode_token(token) if token else None
+        # A token is the last name answered; in a soft-deleted listing, where a name may come several times,
+        # "<name>\n<generation>" (names cannot hold a newline).
+        after, _, after_gen = (_decode_token(token) if token else "").partition("\n")
+        after_generation = int(after_gen) if after_gen.isdigit() else None
         limit = _max_results(req)
         items: list[dict[str, Any]] = []
         prefixes: list[str] = []
@@ -217,9 +229,18 @@ class Objects:
         count = 0
         next_token = None
         # Keys sort by object name, so every name under one prefix is contiguous.
-        for obj in self.world.store.list(OBJECT_KIND, f"{bucket}/{prefix}"):
+        if soft_deleted:
+            listed = self._soft_deleted_listing(bucket, prefix)
+        else:
+            listed = self.world.store.list(OBJECT_KIND, f"{bucket}/{prefix}")
+        for obj in listed:
             name = obj["name"]
-            if (after is not None and name <= after) or name < start_offset or (end_offset and name >= end_offset):
+            if token and (
+                name < after
+                or (name == after and (after_generation is None or int(obj["generation"]) <= after_generation))
+            ):
+                continue
+            if name < start_offset or (end_offset and name >= end_offset):
                 continue
             if glob is not None and not glob.match(name):
                 continue
@@ -243,7 +264,7 @@ class Objects:
                 next_token = _encode_token(last)
                 break
             items.append(obj)
-            last, count = name, count + 1
+            last, count = (f"{name}\n{obj['generation']}" if soft_deleted else name), count + 1
         # GCS leaves `items` out of an empty page.
         out: dict[str, Any] = {"kind": "storage#objects"}
         if items:
@@ -274,7 +295,7 @@ class Objects:
             updated.update(
                 {
                     "metageneration": str(meta),
-                    "updated": _ts(time.time()),
+                    "updated": _ts(self._now()),
                     "etag": _object_etag(int(current["generation"]), meta),
                 }
             )
@@ -296,7 +317,7 @@ class Objects:
             current = self._object(bucket, name, _int_arg(req, "generation"))
             Preconditions.from_request(req).check(current, read=False)
             self.world.store.delete(OBJECT_KIND, f"{bucket}/{name}")
-            self._blob_path(bucket, int(current["generation"])).unlink(missing_ok=True)
+            self._retire(self._bucket(bucket), current, self._now())
         return Response(status=204)
 
     def _copy(self, req: ApiRequest) -> dict[str, Any]:

@@ -57,9 +57,10 @@ ADMIN = ("admin", f"bench-admin-{uuid.uuid4().hex[:12]}")
 USER = ("bench-user", f"bench-user-{uuid.uuid4().hex[:12]}")
 
 
-def _entrypoint_module() -> ModuleType:
-    """The image's entrypoint, for its variable names (it is a file in the image, not a package module)."""
-    spec = importlib.util.spec_from_file_location("mlflow_gcp_bench_entrypoint", ENTRYPOINT)
+def _config_module() -> ModuleType:
+    """The image's configuration (mlflow_gcp_config.py, next to the entrypoint), for its variable names (it is a file
+    in the image, not a package module)."""
+    spec = importlib.util.spec_from_file_location("mlflow_gcp_bench_config", ENTRYPOINT.parent / "mlflow_gcp_config.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -204,7 +205,7 @@ def cloud_sql() -> Iterator[tuple[dict[str, str], Path]]:
     from mlflow_gcp.emulator.server import Emulator
     from mlflow_gcp.emulator.testing import Clients, EmulatorAdmin, enable_services
 
-    ep = _entrypoint_module()
+    cfg = _config_module()
     data = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))  # short: unix socket paths are limited to 107 bytes
     emulator = Emulator(data).start()
     try:
@@ -242,18 +243,18 @@ def cloud_sql() -> Iterator[tuple[dict[str, str], Path]]:
         env = {
             **_clean_env(),
             "STORAGE_EMULATOR_HOST": emulator.base_url,
-            ep.ENV_DB_USER: "mlflow_a",
-            ep.ENV_DB_USERS: "mlflow_a,mlflow_b",
-            ep.ENV_DB_PASSWORD: db_password,
-            ep.ENV_CONNECTION: connection,
-            ep.ENV_CLOUDSQL_DIR: str(mount),
-            ep.ENV_ARTIFACTS: f"gs://{bucket.name}/artifacts",
-            ep.ENV_ALLOWED_HOSTS: "https://mlflow-bench-uc.a.run.app",
-            ep.ENV_ADMIN_USERNAME: ADMIN[0],
-            ep.ENV_ADMIN_PASSWORD: ADMIN[1],
-            ep.ENV_SECRET_KEY: uuid.uuid4().hex,
-            ep.ENV_MAX_INSTANCES: "1",
-            ep.ENV_MAX_CONNECTIONS: "25",
+            cfg.ENV_DB_USER: "mlflow_a",
+            cfg.ENV_DB_USERS: "mlflow_a,mlflow_b",
+            cfg.ENV_DB_PASSWORD: db_password,
+            cfg.ENV_CONNECTION: connection,
+            cfg.ENV_CLOUDSQL_DIR: str(mount),
+            cfg.ENV_ARTIFACTS: f"gs://{bucket.name}/artifacts",
+            cfg.ENV_ALLOWED_HOSTS: "https://mlflow-bench-uc.a.run.app",
+            cfg.ENV_ADMIN_USERNAME: ADMIN[0],
+            cfg.ENV_ADMIN_PASSWORD: ADMIN[1],
+            cfg.ENV_SECRET_KEY: uuid.uuid4().hex,
+            cfg.ENV_MAX_INSTANCES: "1",
+            cfg.ENV_MAX_CONNECTIONS: "25",
         }
         work = data / "work"
         work.mkdir()
@@ -283,7 +284,7 @@ def measure(repeats: int = 5, baseline_entrypoint: Path | None = None) -> dict[s
     once), optionally ``baseline`` (another entrypoint file, same conditions as ``ours``), and ``ratios``:
     ``ours/floor`` (goal: <= 1.5), ``ours/stock`` (goal: <= 0.35) and ``ours/import``, medians over medians.
     """
-    ep = _entrypoint_module()
+    cfg = _config_module()
     samples: dict[str, list[float]] = {"floor": [], "floor_import": [], "stock": [], "ours": [], "ours_2_workers": []}
     if baseline_entrypoint is not None:
         samples["baseline"] = []
@@ -301,7 +302,7 @@ def measure(repeats: int = 5, baseline_entrypoint: Path | None = None) -> dict[s
             samples["floor_import"].append(imported)
             samples["stock"].append(stock.start_time())
             samples["ours"].append(ours.start_time())
-            samples["ours_2_workers"].append(ours.start_time(**{ep.ENV_WORKERS: "2"}))
+            samples["ours_2_workers"].append(ours.start_time(**{cfg.ENV_WORKERS: "2"}))
             if baseline is not None:
                 samples["baseline"].append(baseline.start_time())
     result: dict[str, Any] = {name: _summary(values) for name, values in samples.items()}

@@ -114,7 +114,7 @@ class ServerConfig(_Section):
     memory: str = "1Gi"
     #: Server worker processes per instance; default one per vCPU (``worker_count``). One worker is served from
     #: the process that imports MLflow and migrates the databases, so an instance starts in about one MLflow import
-    #: (server_image/entrypoint.py); more workers are processes of their own that each import MLflow again.
+    #: (server_image/mlflow_gcp_serve.py); more workers are processes of their own that each import MLflow again.
     workers: int | None = Field(None, ge=1, le=8)
     auth_cache_ttl_seconds: int = Field(60, ge=1, le=3600)
     admin_username: str = "admin"

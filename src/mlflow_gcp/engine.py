@@ -427,7 +427,9 @@ def perform(operation: Operation, record: dict[str, Any], reporter: Callable[[st
     state = operation.ctx.state
     phases = operation.phases(record)
     names = [p.name for p in phases]
-    start = names.index(record["phase"]) if record.get("phase") in names else 0
+    if record.get("phase") and record["phase"] not in names:
+        raise RuntimeError(f"the {operation.kind} record names an unknown phase {record['phase']!r}")
+    start = names.index(record["phase"]) if record.get("phase") else 0
     if record.get("phase"):
         reporter(f"Resuming the {operation.kind} at phase {record['phase']} (started {record['started']}).")
     for number, phase in enumerate(phases[start:], start=start + 1):

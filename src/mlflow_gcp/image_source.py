@@ -28,9 +28,9 @@ from .errors import MlflowGcpError
 
 _PIN = re.compile(r"^\s*mlflow(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)", re.MULTILINE)
 REQUIREMENTS = "requirements.txt"
-#: The MLflow releases the image runs. entrypoint.py and mlflow_gcp_artifacts.py use MLflow internals: the artifact
-#: repository's StreamUploadMixin (3.15+), mlflow.server._bootstrap_basic_auth and auth.bootstrap_admin_user (3.16+;
-#: get_flask_server_secret_key, 3.17+, is used when present). And the image's other pins must install with it:
+#: The MLflow releases the image runs. mlflow_gcp_serve.py and mlflow_gcp_artifacts.py use MLflow internals: the
+#: artifact repository's StreamUploadMixin (3.15+), mlflow.server._bootstrap_basic_auth and auth.bootstrap_admin_user
+#: (3.16+; get_flask_server_secret_key, 3.17+, is used when present). And the image's other pins must install with it:
 #: MLflow 3.15 requires cryptography<50, which the image pins at 50.0.2 (`pip install` refuses the set). Measured:
 #: an emulated `up --local` serves, logs runs, metrics and artifacts on 3.16.1 and 3.17.2. MLflow 4 may change any of
 #: it: refused until tested.

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import MlflowGcpError
+from .errors import ConfigError, MlflowGcpError
 
 if TYPE_CHECKING:
     from .context import Context
+    from .engine import Reporter
     from .state import State
 
 #: The state's key for the operation in progress.
@@ -59,17 +60,30 @@ def in_progress(state: State) -> dict[str, Any] | None:
     return state.data.get(STATE_KEY)
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def refuse_if_in_progress(state: State, *, resuming: str | None = None) -> None:
-    """Commands that would conflict with an unfinished operation refuse to start: `up` (it would deploy what the
-    state recorded over half a switch), a rotation, another operation. ``resuming``: the kind the caller goes on
-    with. `down` is never refused: removing the stack must always be possible."""
+    """The one guard for commands that would conflict with an unfinished change of credentials or data: `up` (it
+    would deploy what the state recorded over half a switch), a rotation, a restore, an upgrade or a rollback.
+    ``resuming``: what the caller goes on with (an operation's kind, or ``rotation:db`` / ``rotation:admin``). `down`
+    is never refused: removing the stack must always be possible."""
+    from .rotation import LABEL
+
+    rot = state.data.get("rotation")
+    if rot is not None and resuming != f"rotation:{rot['credential']}":
+        flag = " --admin" if rot["credential"] == "admin" else ""
+        raise MlflowGcpError(
+            f"A rotation of the {LABEL[rot['credential']]} is in progress (step {rot['phase']}).",
+            hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
+        )
     op = in_progress(state)
-    if op is None or op["kind"] == resuming:
-        return
-    raise MlflowGcpError(
-        f"A {op['kind']} is in progress (phase {op['phase']}, since {op['started']}).",
-        hint=f"Finish it first: {op['command']}",
-    )
+    if op is not None and op["kind"] != resuming:
+        raise MlflowGcpError(
+            f"{_a(op['kind']).capitalize()} is in progress (phase {op['phase']}, since {op['started']}).",
+            hint=f"Finish it: {op['command']}; or give it up: {op['command']} --abandon",
+        )
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,13 @@ class Operation(ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, ctx: Context, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, ctx: Context, say: Callable[[str], None] | None = None, reporter: Reporter | None = None
+    ) -> None:
         self.ctx = ctx
         self.say = say or (lambda _text: None)
+        #: Progress of the stack's steps when a phase converges it (the terminal view).
+        self.reporter = reporter
 
     @property
     @abstractmethod
@@ -102,6 +120,14 @@ class Operation(ABC):
 
     @abstractmethod
     def phases(self, record: dict[str, Any]) -> list[Phase]: ...
+
+    def arguments(self) -> dict[str, Any]:
+        """What the command was given that its record keeps (compared when it resumes); None: not given."""
+        return {}
+
+    @abstractmethod
+    def abandon(self, record: dict[str, Any]) -> None:
+        """Undo what the operation made that nothing uses yet, and put the stack back as the state says it is."""
 
     def finish(self, record: dict[str, Any]) -> dict[str, Any]:
         """Top-level state values written together with the operation's end (one atomic write)."""
@@ -119,18 +145,32 @@ class Operation(ABC):
 
 
 def record_for(operation: Operation) -> dict[str, Any]:
-    """The operation in progress of this kind (to resume), or a new record from ``begin`` (not yet saved)."""
+    """The operation in progress of this kind (to resume), or a new record from ``begin`` (not yet saved). Arguments
+    given to resume with must be the ones it started with: a restore to another time is another restore."""
     state = operation.ctx.state
-    from .rotation import refuse_if_in_progress as refuse_if_busy
-
-    refuse_if_busy(state, operation=operation.kind)  # a rotation, or another operation
+    refuse_if_in_progress(state, resuming=operation.kind)
     current = in_progress(state)
-    if current is not None:
-        return current
-    return {
-        "kind": operation.kind,
-        "command": operation.command,
-        "started": now(),
-        **operation.begin(),
-        "phase": "",
-    }
+    if current is None:
+        return {"kind": operation.kind, "command": operation.command, "started": now(), **operation.begin(),
+                "phase": ""}  # fmt: skip
+    differ = {k: v for k, v in operation.arguments().items() if v is not None and current.get(k) != v}
+    if differ:
+        given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ.items())
+        started = ", ".join(f"--{k.replace('_', '-')} {current.get(k)}" for k in differ)
+        raise ConfigError(
+            f"{_a(current['kind']).capitalize()} with {started} is in progress (since {current['started']}), not with "
+            f"{given}.",
+            hint=f"Finish it: {current['command']} (without arguments); or give it up: {current['command']} --abandon",
+        )
+    return current
+
+
+def abandon(operation: Operation) -> dict[str, Any]:
+    """Give up the operation in progress of this kind: undo what it made that nothing uses (operation.abandon), put
+    the stack back as the state says it is, forget the record."""
+    current = in_progress(operation.ctx.state)
+    if current is None or current["kind"] != operation.kind:
+        raise MlflowGcpError(f"No {operation.kind} is in progress: nothing to abandon.")
+    operation.abandon(current)
+    operation.ctx.state.set(STATE_KEY, None)
+    return current

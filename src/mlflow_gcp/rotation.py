@@ -5,7 +5,7 @@ The database password uses "alternating users" (as AWS Secrets Manager's rotatio
 password per role, so changing the active role's password in place breaks every server instance that opens a
 connection before the new revision is live. Instead two login roles exist (``Names.db_users``; `up` creates
 both, the inactive one with a random password kept nowhere), both members of the role that owns the tables
-(docker/entrypoint.py), and a rotation:
+(server_image/mlflow_gcp_serve.py), and a rotation:
 
 1. adds a version with a fresh password to the db-password secret (the value is durable before it is used);
 2. sets it on the inactive role (Cloud SQL ``users.update``);
@@ -65,23 +65,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def refuse_if_in_progress(state: State, *, resuming: Credential | None = None, operation: str | None = None) -> None:
-    """The one guard for commands that would conflict with an unfinished rotation: `up` (it would deploy the
-    recorded credentials over half a switch) and `rotate-password` of the other credential (one at a time;
-    ``resuming`` is the one it may go on with). `down` is not refused: removing the stack must always be possible,
-    and a rotation whose service went away is dropped when run again (see ``Rotation._abandon_if_service_gone``)."""
-    from .operations import refuse_if_in_progress as refuse_if_operating
+def refuse_if_in_progress(state: State, *, resuming: Credential | None = None) -> None:
+    """operations.refuse_if_in_progress, for a rotation of ``resuming`` (the one it may go on with)."""
+    from .operations import refuse_if_in_progress as refuse
 
-    # A restore or an upgrade in progress (other than ``operation``, the one being resumed): one change at a time.
-    refuse_if_operating(state, resuming=operation)
-    rot = state.data.get("rotation")
-    if rot is None or rot["credential"] == resuming:
-        return
-    flag = " --admin" if rot["credential"] == "admin" else ""
-    raise MlflowGcpError(
-        f"A rotation of the {LABEL[rot['credential']]} is in progress (step {rot['phase']}).",
-        hint=f"Finish it first: mlflow-gcp rotate-password{flag}",
-    )
+    refuse(state, resuming=f"rotation:{resuming}" if resuming else None)
 
 
 class Rotation:

@@ -11,7 +11,7 @@ Upgrade phases (operations.py runs them, resumably):
 1. backup: an on-demand Cloud SQL backup, described as taken before this upgrade (a killed run finds it again).
 2. deploy: the stack converged with the new release, as `up` would: the image built with its pin, a new Cloud Run
    revision. Where the migrations run: in the new revision's start, under the advisory lock the server image already
-   takes (entrypoint.py: the first instance to start migrates, the others wait on the lock and find the schema
+   takes (mlflow_gcp_serve.py: the first instance to start migrates, the others wait on the lock and find the schema
    current), rather than in a Cloud Run job. A job would be one more resource, image and IAM binding to keep right,
    and would migrate while the old revision serves just the same; the start under the lock runs exactly once however
    many instances start, and a failed migration fails the revision, so Cloud Run keeps traffic on the old one. The
@@ -28,31 +28,36 @@ release's image; the instance that served is kept, with everything written since
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, MlflowGcpError
-from .operations import Operation, Phase, now
+from .operations import Operation, Phase
 from .resources import sql_backups
 from .restore import Restore, database_after, switch_to
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .context import Context
+    from .state import State
 
 STATE_KEY = "mlflow"
 
 
-def deployed_version(state: Any) -> str | None:
+def deployed_version(state: State) -> str | None:
     return (state.data.get(STATE_KEY) or {}).get("version")
 
 
-def configured_version(config: Any) -> str | None:
+def configured_version(config: Config) -> str | None:
     """``server.mlflow_version`` when the configuration sets it (file, environment or flag), else None."""
     return config.server.mlflow_version if "mlflow_version" in config.server.model_fields_set else None
 
 
-def serving_version(config: Any, state: Any) -> str:
+def serving_version(config: Config, state: State) -> str:
     """The release this run deploys: the one serving, else the configured one, else this mlflow-gcp's default."""
     return deployed_version(state) or config.server.mlflow_version
 
 
-def refuse_version_change(ctx: Any) -> None:
+def refuse_version_change(ctx: Context) -> None:
     """`up` never changes the MLflow release of a running server."""
     deployed, wanted = deployed_version(ctx.state), configured_version(ctx.config)
     if deployed and wanted and wanted != deployed:
@@ -62,7 +67,7 @@ def refuse_version_change(ctx: Any) -> None:
         )
 
 
-def record_deployed(ctx: Any) -> None:
+def record_deployed(ctx: Context) -> None:
     """After a successful `up`: the release it deployed is the one serving (not known of a prebuilt image)."""
     if ctx.config.server.image:
         return
@@ -73,13 +78,16 @@ def record_deployed(ctx: Any) -> None:
 class Upgrade(Operation):
     kind = "upgrade"
 
-    def __init__(self, ctx: Any, to_version: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, ctx: Context, to_version: str | None = None, **kwargs: Any) -> None:
         super().__init__(ctx, **kwargs)
         self.to_version = to_version
 
     @property
     def command(self) -> str:
         return "mlflow-gcp upgrade"
+
+    def arguments(self) -> dict[str, Any]:
+        return {"to": self.to_version}
 
     def begin(self) -> dict[str, Any]:
         from packaging.version import Version
@@ -130,26 +138,47 @@ class Upgrade(Operation):
         return f"before the upgrade from MLflow {record['from']} to {record['to']} ({record['started']})"
 
     def _backup(self, record: dict[str, Any]) -> dict[str, Any]:
+        from .retry import wait_until
+
         reason = self._reason(record)
         taken = sql_backups.find_backup(self.ctx, reason) or sql_backups.take_backup(self.ctx, reason)
-        if taken.get("status") != "SUCCESSFUL":  # found still running: wait for it
-            from .retry import wait_until
-
+        if taken.get("status") != "SUCCESSFUL":  # one a killed run started, found still running: wait for it
             taken = wait_until(f"backup {taken['id']}", lambda: sql_backups.get_backup(self.ctx, str(taken["id"])),
                                lambda b: b.get("status") not in ("RUNNING", "ENQUEUED", "PENDING"),
                                sql_backups.BACKUP_TIMEOUT)  # fmt: skip
+        if taken.get("status") != "SUCCESSFUL":
+            raise MlflowGcpError(f"The backup before the upgrade ({taken['id']}) is {taken.get('status')}.",
+                                 hint=f"Run {self.command} again to take another.")  # fmt: skip
+        # From now on `upgrade --rollback` can bring this back, even if the upgrade never finishes.
+        previous = {"version": record["from"], "image": record.get("image"), "backup": str(taken["id"]),
+                    "backup_instance": record["instance"], "upgraded": record["started"]}  # fmt: skip
+        self.ctx.state.set(STATE_KEY, {**(self.ctx.state.data.get(STATE_KEY) or {}), "previous": previous})
         self.say(f"Backup {taken['id']} taken.")
         return {"backup": str(taken["id"])}
 
     def _deploy(self, record: dict[str, Any]) -> dict[str, Any]:
         self.ctx.mlflow_version = record["to"]
-        switch_to(self.ctx, record["instance"], self.say)
+        switch_to(self.ctx, record["instance"], self.say, self.reporter)
         return {}
 
     def finish(self, record: dict[str, Any]) -> dict[str, Any]:
-        previous = {"version": record["from"], "image": record.get("image"), "backup": record["backup"],
-                    "backup_instance": record["instance"], "upgraded": now()}  # fmt: skip
-        return {STATE_KEY: {"version": record["to"], "previous": previous}}
+        return {STATE_KEY: {**(self.ctx.state.data.get(STATE_KEY) or {}), "version": record["to"]}}
+
+    def abandon(self, record: dict[str, Any]) -> None:
+        """Back to the release that served: its image deployed again. A new revision that failed is left behind
+        (Cloud Run kept traffic on the old one); if its start migrated the schema already, the old release refuses it
+        and only `upgrade --rollback` (the backup taken first) brings it back."""
+        if record.get("phase") != "deploy":
+            return  # nothing deployed yet; the backup stays (listed by `mlflow-gcp backups`)
+        self.ctx.mlflow_version = record["from"]
+        try:
+            switch_to(self.ctx, record["instance"], self.say, self.reporter)
+        except MlflowGcpError as exc:
+            raise MlflowGcpError(
+                f"MLflow {record['from']} does not serve again ({exc.message.splitlines()[0]}): the new release may "
+                "have migrated the schema already.",
+                hint="mlflow-gcp upgrade --rollback restores the backup taken before the upgrade.",
+            ) from None
 
 
 class Rollback(Restore):
@@ -173,17 +202,16 @@ class Rollback(Restore):
     def phases(self, record: dict[str, Any]) -> list[Phase]:
         phases = super().phases(record)
         last = phases[-1]
-        switch = Phase("switch", f"Converge the stack onto {record['target']} with MLflow {record['version']} (its "
-                       f"image from before the upgrade), check MLflow serves; {record['source']}, with what was "
-                       "written since the upgrade, is kept.", last.run)  # fmt: skip
+        switch = Phase("switch", f"Converge the stack onto {record['target']} with an image of MLflow "
+                       f"{record['version']}, check MLflow serves; {record['source']}, with what was written since "
+                       "the upgrade, is kept.", last.run)  # fmt: skip
         return [*phases[:-1], switch]
 
-    def _switch(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _switch(self, record: dict[str, Any]) -> None:
         self.ctx.mlflow_version = record["version"]
-        switch_to(self.ctx, record["target"], self.say)
+        switch_to(self.ctx, record["target"], self.say, self.reporter)
         why = f"rollback of the upgrade of {record['upgraded']}"
         self.ctx.state.set("database", database_after(self.ctx, record, why))
-        return {}
 
     def finish(self, record: dict[str, Any]) -> dict[str, Any]:
         return {STATE_KEY: {"version": record["version"]}}

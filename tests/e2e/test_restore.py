@@ -11,6 +11,7 @@ requests finishes when run again (a seeded sample here; every point under ``pyte
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import time
@@ -164,6 +165,9 @@ def test_restore_to_a_time_brings_back_what_was_deleted_and_not_what_came_later(
     assert status["ok"], status
     assert status["database"]["instance"] == result["target"]
     assert [k["instance"] for k in status["database"]["kept"]] == [result["source"]]
+    # The same time again: it is before the switch, so only the kept instance's log holds it: the plan clones that.
+    again = story.cli("restore", "--to-time", when, "--dry-run").stdout
+    assert f"Clone Cloud SQL instance {result['source']} as it was at" in again, again
 
 
 def test_restore_from_a_backup_id(story: Restored, admin: EmulatorAdmin):
@@ -190,8 +194,7 @@ def test_restore_from_a_backup_id(story: Restored, admin: EmulatorAdmin):
     # The backup was of the first instance; the instance serving before this restore is kept too.
     kept = [k["instance"] for k in story.cli("status", "--json").json()["database"]["kept"]]
     assert kept == ["mlflow-dev-db", story.notes["first_target"]]
-    # A second `up` changes nothing: the stack stands on the restored instance.
-    assert story.cli("up", "--json").json()["outcomes"]
+    # `up` changes nothing: the stack stands on the restored instance.
     again = story.cli("up", "--json").json()
     assert {o["action"] for o in again["outcomes"]} == {"unchanged"}, again
 
@@ -202,6 +205,7 @@ def test_refusals_change_nothing_and_have_their_exit_codes(story: Restored, admi
         (("restore", "--to-time", "yesterday", "--yes"), 3, "is not a time"),
         (("restore", "--to-time", "2026-01-01T00:00:00", "--yes"), 3, "no time zone"),
         (("restore", "--to-time", "2999-01-01T00:00:00Z", "--yes"), 3, "in the future"),
+        (("restore", "--to-time", "2020-01-01T00:00:00Z", "--yes"), 3, "outside what"),
         (("restore", "--yes"), 3, "--backup ID or --to-time"),
         (("restore", "--backup", "4242", "--yes"), 10, "No backup 4242"),
         (("restore", "--to-time", _now()), 9, "Pass --yes"),
@@ -211,6 +215,19 @@ def test_refusals_change_nothing_and_have_their_exit_codes(story: Restored, admi
         assert result.code == code and says in result.stderr, (args, result.code, result.stderr)
         assert "Traceback" not in result.stderr
     assert not [e for e in admin.requests(start) if e["mutating"]]
+
+
+def test_an_abandoned_restore_leaves_the_stack_as_it_was(story: Restored, clients: Clients, admin: EmulatorAdmin):
+    before = _instances(clients, story.cli.project)
+    kept = story.cli("status", "--json").json()["database"]["kept"]
+    kill_after(story.cli, admin, 1, "restore", "--to-time", _now(), "--yes")  # killed once the clone was asked for
+    other = story.cli("restore", "--backup", story.notes["backup"], "--yes", "--break-lock", check=False)
+    assert other.code == 3 and "restore --abandon" in other.stderr, other.stderr  # not silently the one in progress
+    story.cli("restore", "--abandon")
+    assert _instances(clients, story.cli.project) == before  # the clone it made is deleted
+    status = story.cli("status", "--json").json()
+    assert status["ok"] and status["database"]["operation"] is None and status["database"]["kept"] == kept
+    assert len(story.active_runs("precious")) == RUNS
 
 
 def test_cleanup_deletes_the_kept_instances(story: Restored, clients: Clients):
@@ -257,10 +274,13 @@ def _killed_restore_converges(emulator: Emulator, tmp_path_factory: pytest.TempP
     # `up` refuses meanwhile (once past the killed run's lock); running the restore again finishes it.
     refused = cli("up", "--break-lock", check=False)
     assert refused.code != 0 and "restore is in progress" in refused.stderr, refused.stderr
-    cli(*restore)
+    done = cli(*restore, "--json").json()
     assert len(story.active_runs("kept")) == 3 and story.active_runs("gone") == {}
     status = cli("status", "--json").json()
     assert status["ok"] and status["database"]["operation"] is None, status
+    assert [k["instance"] for k in status["database"]["kept"]] == ["mlflow-dev-db"]
+    # One new instance, whatever the kill interrupted (a clone or an insert asked for twice would be a second).
+    assert _instances(Clients(emulator.base_url), cli.project) == {"mlflow-dev-db", done["target"]}
     cli("down", "--delete-data", "--yes")
 
 
@@ -273,6 +293,16 @@ def test_a_killed_restore_finishes_when_run_again(emulator: Emulator, tmp_path_f
 @pytest.mark.parametrize(("kind", "k"), [p for p in POINTS if p not in SAMPLED])
 def test_a_restore_killed_at_every_mutation_finishes_when_run_again(emulator, tmp_path_factory, kind: str, k: int):
     _killed_restore_converges(emulator, tmp_path_factory, kind, k)
+
+
+def test_down_during_a_restore_deletes_the_instance_it_was_making(emulator: Emulator, tmp_path_factory, clients):
+    cli = make_cli(emulator, tmp_path_factory.mktemp("restore-down"))
+    cli("up")
+    kill_after(cli, EmulatorAdmin(emulator.base_url), 1, "restore", "--to-time", _now(), "--yes")
+    assert len(_instances(clients, cli.project)) == 2
+    cli("down", "--delete-data", "--yes", "--break-lock")
+    assert _instances(clients, cli.project) == set()
+    assert "operation" not in json.loads(next((cli.state_dir).glob("*.json")).read_text())
 
 
 def test_down_delete_data_deletes_the_live_and_kept_instances(story: Restored, clients: Clients):

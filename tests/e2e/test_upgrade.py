@@ -136,6 +136,19 @@ def test_dry_run_shows_the_versions_and_the_migrations(deployment: Deployment, a
     assert f"the auth schema stays at {HEADS[OLD][1]}" in plan
 
 
+def test_an_upgrade_that_cannot_finish_is_abandoned_and_the_old_release_serves(deployment: Deployment):
+    broken = deployment.cli("upgrade", "--to", "3.99.0", check=False)  # no such release: the image build fails
+    assert broken.code != 0 and "3.99.0" in broken.stderr and "Traceback" not in broken.stderr, broken.stderr
+    refused = deployment.cli("up", check=False)
+    assert refused.code != 0 and "upgrade is in progress" in refused.stderr and "--abandon" in refused.stderr
+    other = deployment.cli("upgrade", "--to", NEW, check=False)
+    assert other.code == 3 and "3.99.0 is in progress" in other.stderr, other.stderr
+    deployment.cli("upgrade", "--abandon")
+    assert deployment.version() == OLD
+    report = deployment.cli("status", "--json").json()
+    assert report["ok"] and report["database"]["operation"] is None and report["mlflow"]["deployed"] == OLD
+
+
 def test_upgrade_keeps_every_kind_of_data_and_a_steady_client_sees_no_failure(
     deployment: Deployment, admin: EmulatorAdmin
 ):
@@ -236,6 +249,9 @@ def _killed_upgrade_converges(emulator: Emulator, tmp_path: Any, k: int) -> None
     assert refused.code != 0 and "upgrade is in progress" in refused.stderr, refused.stderr
     d.cli("upgrade")
     assert d.version() == NEW
+    # One backup before the upgrade, whatever the kill interrupted (a resumed run finds the one it started).
+    described = [b for b in d.cli("backups", "--json").json()["backups"] if "before the upgrade" in b["description"]]
+    assert len(described) == 1, described
     report = d.cli("status", "--json").json()
     assert report["ok"] and report["database"]["operation"] is None and report["mlflow"]["deployed"] == NEW
     d.cli("down", "--delete-data", "--yes")

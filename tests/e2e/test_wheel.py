@@ -127,6 +127,8 @@ def test_the_wheel_ships_the_image_sources_and_nothing_of_the_tests(wheel: Path)
         assert shipped == {
             "Dockerfile",
             "entrypoint.py",
+            "mlflow_gcp_config.py",
+            "mlflow_gcp_serve.py",
             "mlflow_gcp_iap.py",
             "mlflow_gcp_artifacts.py",
             "mlflow_gcp_schema.py",

@@ -40,8 +40,10 @@ from tests.conftest import enable
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "src" / "mlflow_gcp" / "server_image" / "entrypoint.py"
 
 
-def _load_entrypoint() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mlflow_gcp_image_entrypoint", ENTRYPOINT)
+def _load_image_module(name: str, as_name: str | None = None) -> ModuleType:
+    """A module of the image (a file in /app, not a package module), registered under the name the image's modules
+    import each other by (entrypoint.py and mlflow_gcp_serve.py import mlflow_gcp_config)."""
+    spec = importlib.util.spec_from_file_location(as_name or name, ENTRYPOINT.parent / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -49,7 +51,10 @@ def _load_entrypoint() -> ModuleType:
     return module
 
 
-ep = _load_entrypoint()
+#: The configuration PID 1 reads, the serve process it starts, and PID 1 itself.
+cfg = _load_image_module("mlflow_gcp_config")
+serve_process = _load_image_module("mlflow_gcp_serve")
+ep = _load_image_module("entrypoint", as_name="mlflow_gcp_image_entrypoint")
 
 # The characters that break naive URL and ini handling, plus a random part so a leak is unambiguous.
 DB_PASSWORD = f"db%pa@ss:w/rd%%41-{uuid.uuid4().hex[:10]}"
@@ -68,41 +73,41 @@ def test_pool_plan_fits_the_budget_for_every_small_configuration():
         for max_instances in range(1, 12):
             for workers in range(1, 5):
                 try:
-                    plan = ep.plan_pools(max_connections=max_connections, max_instances=max_instances, workers=workers)
-                except ep.ConfigError:
+                    plan = cfg.plan_pools(max_connections=max_connections, max_instances=max_instances, workers=workers)
+                except cfg.ConfigError:
                     # Refused only when not even one worker with the smallest usable pools fits.
-                    reserve = ep.default_reserve(max_connections)
-                    assert (max_connections - reserve) // max_instances < 2 * ep.ENGINES_PER_WORKER
+                    reserve = cfg.default_reserve(max_connections)
+                    assert (max_connections - reserve) // max_instances < 2 * cfg.ENGINES_PER_WORKER
                     continue
                 assert 1 <= plan.workers <= workers
                 assert plan.pool_size >= 1 and plan.max_overflow >= 1  # MLflow ignores a 0 (see below)
-                assert plan.per_engine <= ep.MAX_PER_ENGINE
-                assert plan.per_instance == plan.workers * ep.ENGINES_PER_WORKER * plan.per_engine
-                assert plan.per_instance * max_instances <= max_connections - ep.default_reserve(max_connections)
+                assert plan.per_engine <= cfg.MAX_PER_ENGINE
+                assert plan.per_instance == plan.workers * cfg.ENGINES_PER_WORKER * plan.per_engine
+                assert plan.per_instance * max_instances <= max_connections - cfg.default_reserve(max_connections)
 
 
 def test_pool_plan_examples():
     # db-f1-micro (25), one instance, two workers: 20 usable, 3 engines x 2 workers x 3 connections.
-    plan = ep.plan_pools(max_connections=25, max_instances=1, workers=2)
+    plan = cfg.plan_pools(max_connections=25, max_instances=1, workers=2)
     assert (plan.workers, plan.pool_size, plan.max_overflow, plan.budget, plan.per_instance) == (2, 1, 2, 20, 18)
     # Three instances on db-f1-micro: only one worker each fits.
-    plan = ep.plan_pools(max_connections=25, max_instances=3, workers=2)
+    plan = cfg.plan_pools(max_connections=25, max_instances=3, workers=2)
     assert (plan.workers, plan.pool_size, plan.max_overflow, plan.per_instance) == (1, 1, 1, 6)
     # A large tier is capped at SQLAlchemy's default pool.
-    plan = ep.plan_pools(max_connections=1000, max_instances=2, workers=4)
+    plan = cfg.plan_pools(max_connections=1000, max_instances=2, workers=4)
     assert (plan.workers, plan.pool_size, plan.max_overflow) == (4, 5, 10)
     # An explicit reserve is honoured.
-    plan = ep.plan_pools(max_connections=100, max_instances=2, workers=2, reserve=40)
+    plan = cfg.plan_pools(max_connections=100, max_instances=2, workers=2, reserve=40)
     assert plan.budget == 60 and plan.per_instance <= 30
 
 
 def test_pool_plan_refuses_what_cannot_fit():
-    with pytest.raises(ep.ConfigError, match="Lower the maximum instance count"):
-        ep.plan_pools(max_connections=25, max_instances=4, workers=1)
-    with pytest.raises(ep.ConfigError):
-        ep.plan_pools(max_connections=25, max_instances=1, workers=1, reserve=25)
-    with pytest.raises(ep.ConfigError):
-        ep.plan_pools(max_connections=25, max_instances=0, workers=1)
+    with pytest.raises(cfg.ConfigError, match="Lower the maximum instance count"):
+        cfg.plan_pools(max_connections=25, max_instances=4, workers=1)
+    with pytest.raises(cfg.ConfigError):
+        cfg.plan_pools(max_connections=25, max_instances=1, workers=1, reserve=25)
+    with pytest.raises(cfg.ConfigError):
+        cfg.plan_pools(max_connections=25, max_instances=0, workers=1)
 
 
 def test_mlflow_ignores_a_zero_pool_setting(monkeypatch):
@@ -110,11 +115,11 @@ def test_mlflow_ignores_a_zero_pool_setting(monkeypatch):
     from mlflow.store.db.utils import create_sqlalchemy_engine
 
     url = "postgresql+psycopg2://u:p@/db?host=/nonexistent"
-    monkeypatch.setenv(ep.POOL_SIZE, "1")
-    monkeypatch.setenv(ep.MAX_OVERFLOW, "0")
+    monkeypatch.setenv(cfg.POOL_SIZE, "1")
+    monkeypatch.setenv(cfg.MAX_OVERFLOW, "0")
     engine = create_sqlalchemy_engine(url)
     assert engine.pool.size() == 1 and engine.pool._max_overflow == 10  # SQLAlchemy's default, not 0
-    monkeypatch.setenv(ep.MAX_OVERFLOW, "1")
+    monkeypatch.setenv(cfg.MAX_OVERFLOW, "1")
     assert create_sqlalchemy_engine(url).pool._max_overflow == 1
 
 
@@ -128,7 +133,7 @@ def test_mlflow_ignores_a_zero_pool_setting(monkeypatch):
     ids=["db-password", "interpolation", "unicode", "url-specials"],
 )
 def test_postgres_url_round_trips_through_sqlalchemy(password):
-    url = sqlalchemy.engine.make_url(ep.postgres_url("us@er", password, "my db", "/cloudsql/p:us-central1:i"))
+    url = sqlalchemy.engine.make_url(cfg.postgres_url("us@er", password, "my db", "/cloudsql/p:us-central1:i"))
     assert (url.username, url.password, url.database) == ("us@er", password, "my db")
     assert url.query == {"host": "/cloudsql/p:us-central1:i"} and url.host is None
 
@@ -141,15 +146,15 @@ def test_postgres_url_round_trips_through_sqlalchemy(password):
 def test_auth_ini_is_read_back_unchanged_by_mlflow(tmp_path, monkeypatch, password):
     from mlflow.server.auth.config import read_auth_config
 
-    database_uri = ep.postgres_url(DB_USER, DB_PASSWORD, "mlflow_auth", "/cloudsql/p:r:i")
-    text = ep.auth_ini(
+    database_uri = cfg.postgres_url(DB_USER, DB_PASSWORD, "mlflow_auth", "/cloudsql/p:r:i")
+    text = cfg.auth_ini(
         database_uri=database_uri,
         admin_username="root%user",
         admin_password=password,
         default_permission="READ",
         auth_cache_ttl_seconds=60,
     )
-    path = ep.write_private_file(tmp_path, "basic_auth.ini", text)
+    path = cfg.write_private_file(tmp_path, "basic_auth.ini", text)
     assert path.stat().st_mode & 0o777 == 0o600
     monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
@@ -164,30 +169,30 @@ def test_auth_ini_is_read_back_unchanged_by_mlflow(tmp_path, monkeypatch, passwo
 
 @pytest.mark.parametrize("bad", ["line\nbreak", " leading", "trailing ", "cr\r"])
 def test_auth_ini_refuses_values_configparser_would_change(bad):
-    with pytest.raises(ep.ConfigError) as err:
-        ep.ini_escape(bad)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.ini_escape(bad)
     assert bad not in str(err.value)
 
 
 def _env(**overrides: str) -> dict[str, str]:
     env = {
-        ep.ENV_DB_USER: DB_USER,
-        ep.ENV_DB_PASSWORD: DB_PASSWORD,
-        ep.ENV_CONNECTION: "proj:us-central1:inst",
-        ep.ENV_ARTIFACTS: "gs://bucket/prefix/",
-        ep.ENV_ALLOWED_HOSTS: "https://svc-abc-uc.a.run.app,svc-1.us-central1.run.app",
-        ep.ENV_ADMIN_USERNAME: ADMIN_USER,
-        ep.ENV_ADMIN_PASSWORD: ADMIN_PASSWORD,
-        ep.ENV_SECRET_KEY: SECRET_KEY,
-        ep.ENV_MAX_INSTANCES: "2",
-        ep.ENV_MAX_CONNECTIONS: "100",
+        cfg.ENV_DB_USER: DB_USER,
+        cfg.ENV_DB_PASSWORD: DB_PASSWORD,
+        cfg.ENV_CONNECTION: "proj:us-central1:inst",
+        cfg.ENV_ARTIFACTS: "gs://bucket/prefix/",
+        cfg.ENV_ALLOWED_HOSTS: "https://svc-abc-uc.a.run.app,svc-1.us-central1.run.app",
+        cfg.ENV_ADMIN_USERNAME: ADMIN_USER,
+        cfg.ENV_ADMIN_PASSWORD: ADMIN_PASSWORD,
+        cfg.ENV_SECRET_KEY: SECRET_KEY,
+        cfg.ENV_MAX_INSTANCES: "2",
+        cfg.ENV_MAX_CONNECTIONS: "100",
     }
     env.update(overrides)
     return {k: v for k, v in env.items() if v != "<unset>"}
 
 
 def test_config_from_env_defaults_and_derived_values():
-    config = ep.Config.from_env(_env())
+    config = cfg.Config.from_env(_env())
     assert config.socket_dir == "/cloudsql/proj:us-central1:inst"
     assert (config.db_name, config.auth_db_name, config.workers, config.port) == ("mlflow", "mlflow_auth", 1, 8080)
     assert config.http2 is True and config.auth_cache_ttl == 60 and config.default_permission == "READ"
@@ -197,27 +202,27 @@ def test_config_from_env_defaults_and_derived_values():
     assert config.cors_origins == ["https://svc-abc-uc.a.run.app", "https://svc-1.us-central1.run.app"]
     assert sqlalchemy.engine.make_url(config.tracking_uri).password == DB_PASSWORD
     assert sqlalchemy.engine.make_url(config.auth_uri).database == "mlflow_auth"
-    local = ep.Config.from_env(_env(**{ep.ENV_CLOUDSQL_DIR: "/tmp/x/cloudsql/", ep.ENV_HTTP2: "0"}))
+    local = cfg.Config.from_env(_env(**{cfg.ENV_CLOUDSQL_DIR: "/tmp/x/cloudsql/", cfg.ENV_HTTP2: "0"}))
     assert local.socket_dir == "/tmp/x/cloudsql/proj:us-central1:inst" and local.http2 is False
 
 
 @pytest.mark.parametrize(
     ("overrides", "complaint"),
     [
-        ({ep.ENV_DB_PASSWORD: "<unset>"}, ep.ENV_DB_PASSWORD),
-        ({ep.ENV_SECRET_KEY: ""}, ep.ENV_SECRET_KEY),
-        ({ep.ENV_MAX_INSTANCES: "<unset>"}, ep.ENV_MAX_INSTANCES),
-        ({ep.ENV_MAX_CONNECTIONS: "many"}, ep.ENV_MAX_CONNECTIONS),
-        ({ep.ENV_ARTIFACTS: "s3://bucket"}, ep.ENV_ARTIFACTS),
-        ({ep.ENV_CONNECTION: "../etc"}, ep.ENV_CONNECTION),
-        ({ep.ENV_DEFAULT_PERMISSION: "ALL"}, ep.ENV_DEFAULT_PERMISSION),
-        ({ep.ENV_HTTP2: "maybe"}, ep.ENV_HTTP2),
-        ({ep.ENV_CLOUDSQL_DIR: "/" + "d" * 90}, "longer than"),
+        ({cfg.ENV_DB_PASSWORD: "<unset>"}, cfg.ENV_DB_PASSWORD),
+        ({cfg.ENV_SECRET_KEY: ""}, cfg.ENV_SECRET_KEY),
+        ({cfg.ENV_MAX_INSTANCES: "<unset>"}, cfg.ENV_MAX_INSTANCES),
+        ({cfg.ENV_MAX_CONNECTIONS: "many"}, cfg.ENV_MAX_CONNECTIONS),
+        ({cfg.ENV_ARTIFACTS: "s3://bucket"}, cfg.ENV_ARTIFACTS),
+        ({cfg.ENV_CONNECTION: "../etc"}, cfg.ENV_CONNECTION),
+        ({cfg.ENV_DEFAULT_PERMISSION: "ALL"}, cfg.ENV_DEFAULT_PERMISSION),
+        ({cfg.ENV_HTTP2: "maybe"}, cfg.ENV_HTTP2),
+        ({cfg.ENV_CLOUDSQL_DIR: "/" + "d" * 90}, "longer than"),
     ],
 )
 def test_config_errors_name_the_setting_and_no_secret(overrides, complaint):
-    with pytest.raises(ep.ConfigError) as err:
-        ep.Config.from_env(_env(**overrides))
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.Config.from_env(_env(**overrides))
     message = str(err.value)
     assert complaint in message
     for secret in (DB_PASSWORD, ADMIN_PASSWORD, SECRET_KEY, quote(DB_PASSWORD, safe="")):
@@ -225,20 +230,20 @@ def test_config_errors_name_the_setting_and_no_secret(overrides, complaint):
 
 
 def test_login_roles_put_the_servers_own_first_and_refuse_what_is_not_a_plain_name():
-    env = _env(**{ep.ENV_DB_USER: "mlflow_b", ep.ENV_DB_USERS: "mlflow_a, mlflow_b"})
-    assert ep.login_roles(env) == ("mlflow_b", "mlflow_a")
-    assert ep.Config.from_env(env).db_users == ("mlflow_b", "mlflow_a")
-    assert ep.login_roles(_env()) == (DB_USER,)
-    for bad in ('x"; DROP TABLE runs; --', "Upper", "a b", ep.OWNER_ROLE):
-        with pytest.raises(ep.ConfigError, match=ep.ENV_DB_USERS):
-            ep.login_roles(_env(**{ep.ENV_DB_USERS: f"mlflow_a,{bad}"}))
+    env = _env(**{cfg.ENV_DB_USER: "mlflow_b", cfg.ENV_DB_USERS: "mlflow_a, mlflow_b"})
+    assert cfg.login_roles(env) == ("mlflow_b", "mlflow_a")
+    assert cfg.Config.from_env(env).db_users == ("mlflow_b", "mlflow_a")
+    assert cfg.login_roles(_env()) == (DB_USER,)
+    for bad in ('x"; DROP TABLE runs; --', "Upper", "a b", cfg.OWNER_ROLE):
+        with pytest.raises(cfg.ConfigError, match=cfg.ENV_DB_USERS):
+            cfg.login_roles(_env(**{cfg.ENV_DB_USERS: f"mlflow_a,{bad}"}))
 
 
 def test_masker_hides_every_encoding_of_every_secret():
-    config = ep.Config.from_env(_env())
+    config = cfg.Config.from_env(_env())
     mask = ep.Masker(config.secrets())
     line = (
-        f"url={config.tracking_uri} ini={ep.ini_escape(config.auth_uri)} raw={DB_PASSWORD} "
+        f"url={config.tracking_uri} ini={cfg.ini_escape(config.auth_uri)} raw={DB_PASSWORD} "
         f"admin={ADMIN_PASSWORD} {quote(ADMIN_PASSWORD, safe='')} key={SECRET_KEY}\n"
     ).encode()
     masked = mask(line).decode()
@@ -247,33 +252,33 @@ def test_masker_hides_every_encoding_of_every_secret():
             assert form not in masked
     assert masked.count("***") >= 6 and masked.startswith("url=postgresql+psycopg2://mlflow:***@/mlflow")
     # As SQLAlchemy renders a URL (MLflow's auth store hands that to alembic).
-    rendered = sqlalchemy.engine.make_url(ep.postgres_url("u", "a b+c/d:e@f%g", "db", "/s")).render_as_string(
+    rendered = sqlalchemy.engine.make_url(cfg.postgres_url("u", "a b+c/d:e@f%g", "db", "/s")).render_as_string(
         hide_password=False
     )
-    masker = ep.Masker(ep.Config.from_env(_env(**{ep.ENV_DB_PASSWORD: "a b+c/d:e@f%g"})).secrets())
+    masker = ep.Masker(cfg.Config.from_env(_env(**{cfg.ENV_DB_PASSWORD: "a b+c/d:e@f%g"})).secrets())
     assert masker(rendered.encode()) == b"postgresql+psycopg2://u:***@/db?host=%2Fs"
 
 
 def test_server_args_and_env_carry_no_secret(tmp_path):
-    config = ep.Config.from_env(_env())
+    config = cfg.Config.from_env(_env())
     plan = config.pool_plan()
-    args = ep.server_args(config, plan.workers)
-    env = ep.server_env({**_env(), "MLFLOW_AUTH_ADMIN_PASSWORD": "x" * 12}, config, plan, tmp_path / "a.ini")
+    args = cfg.server_args(config, plan.workers)
+    env = cfg.server_env({**_env(), "MLFLOW_AUTH_ADMIN_PASSWORD": "x" * 12}, config, plan, tmp_path / "a.ini")
     joined = " ".join(args)
     for secret in (DB_PASSWORD, ADMIN_PASSWORD, SECRET_KEY, quote(DB_PASSWORD, safe="")):
         assert secret not in joined
     assert "--app-name basic-auth" in joined and "--serve-artifacts" in joined
-    assert ep.ENV_DB_PASSWORD not in env and ep.ENV_ADMIN_PASSWORD not in env
+    assert cfg.ENV_DB_PASSWORD not in env and cfg.ENV_ADMIN_PASSWORD not in env
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
-    assert env[ep.MLFLOW_BACKEND_STORE_URI] == config.tracking_uri
-    assert (env[ep.POOL_SIZE], env[ep.MAX_OVERFLOW]) == (str(plan.pool_size), str(plan.max_overflow))
+    assert env[cfg.MLFLOW_BACKEND_STORE_URI] == config.tracking_uri
+    assert (env[cfg.POOL_SIZE], env[cfg.MAX_OVERFLOW]) == (str(plan.pool_size), str(plan.max_overflow))
 
 
 def test_environment_reads_records_every_read_with_its_value_and_puts_os_environ_back(monkeypatch):
     monkeypatch.setenv("MGT_SET", "a")
     monkeypatch.delenv("MGT_UNSET", raising=False)
     environ, environ_class = os.environ, type(os.environ)
-    with pytest.raises(RuntimeError), ep.environment_reads() as reads:
+    with pytest.raises(RuntimeError), serve_process.environment_reads() as reads:
         assert os.environ.get("MGT_SET") == "a"
         assert "MGT_UNSET" not in os.environ
         assert os.getenv("MGT_UNSET", "d") == "d"
@@ -288,14 +293,14 @@ def test_environment_reads_records_every_read_with_its_value_and_puts_os_environ
 def test_server_env_sets_what_mlflow_server_sets_from_the_same_options(tmp_path):
     """What `mlflow server` puts in the environment from the options server_args gives it, PID 1 already puts in the
     serve process's: MLflow, imported there before the command runs, then configures itself as its workers would."""
-    config = ep.Config.from_env(_env())
+    config = cfg.Config.from_env(_env())
     plan = config.pool_plan()
-    args = ep.server_args(config, plan.workers)
-    env = ep.server_env(_env(), config, plan, tmp_path / "a.ini")
-    assert env[ep.MLFLOW_SERVER_ALLOWED_HOSTS] == args[args.index("--allowed-hosts") + 1]
-    assert env[ep.MLFLOW_SERVER_CORS_ALLOWED_ORIGINS] == args[args.index("--cors-allowed-origins") + 1]
-    assert env[ep.MLFLOW_SERVER_FILE_STORE] == env[ep.MLFLOW_BACKEND_STORE_URI]
-    assert env[ep.MLFLOW_SERVER_SERVE_ARTIFACTS] == "true" and "--serve-artifacts" in args
+    args = cfg.server_args(config, plan.workers)
+    env = cfg.server_env(_env(), config, plan, tmp_path / "a.ini")
+    assert env[cfg.MLFLOW_SERVER_ALLOWED_HOSTS] == args[args.index("--allowed-hosts") + 1]
+    assert env[cfg.MLFLOW_SERVER_CORS_ALLOWED_ORIGINS] == args[args.index("--cors-allowed-origins") + 1]
+    assert env[cfg.MLFLOW_SERVER_FILE_STORE] == env[cfg.MLFLOW_BACKEND_STORE_URI]
+    assert env[cfg.MLFLOW_SERVER_SERVE_ARTIFACTS] == "true" and "--serve-artifacts" in args
 
 
 def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
@@ -310,9 +315,12 @@ def test_image_builds_and_its_entrypoint_is_this_file(tmp_path):
     assert record.entrypoint == ["python", "/app/entrypoint.py"] and not record.cmd
     assert record.command() == ["python", str(image.rootfs / "app" / "entrypoint.py")]
     assert (image.rootfs / "app" / "entrypoint.py").read_bytes() == ENTRYPOINT.read_bytes()
-    # IAP mode's authorization_function sits next to it (entrypoint.py puts its directory on PYTHONPATH).
-    iap_module = docker_dir / "mlflow_gcp_iap.py"
-    assert (image.rootfs / "app" / "mlflow_gcp_iap.py").read_bytes() == iap_module.read_bytes()
+    # Every module of the image sits next to it: the configuration and the serve process it imports, IAP mode's
+    # authorization_function, the app factory (entrypoint.py puts its directory on PYTHONPATH).
+    modules = sorted(docker_dir.glob("*.py"))
+    assert {m.name for m in modules} >= {"mlflow_gcp_config.py", "mlflow_gcp_serve.py", "mlflow_gcp_iap.py"}
+    for module in modules:
+        assert (image.rootfs / "app" / module.name).read_bytes() == module.read_bytes(), module.name
     assert record.exposed_ports == [8080] and image.config.get("User") == "10001"
     pins = {
         line.split("==")[0]: line.split("==")[1]
@@ -506,20 +514,20 @@ class Servers:
         env = {
             **base,
             "STORAGE_EMULATOR_HOST": self.stack.emulator.base_url,
-            ep.ENV_DB_USER: DB_USER,
-            ep.ENV_DB_PASSWORD: DB_PASSWORD,
-            ep.ENV_DB_NAME: "mlflow",
-            ep.ENV_AUTH_DB_NAME: "mlflow_auth",
-            ep.ENV_CONNECTION: self.stack.connection_name,
-            ep.ENV_CLOUDSQL_DIR: str(self.stack.cloudsql_dir),
-            ep.ENV_ARTIFACTS: f"gs://{self.stack.bucket}/artifacts",
-            ep.ENV_ALLOWED_HOSTS: "https://mlflow-test-uc.a.run.app",
-            ep.ENV_ADMIN_USERNAME: ADMIN_USER,
-            ep.ENV_ADMIN_PASSWORD: ADMIN_PASSWORD,
-            ep.ENV_SECRET_KEY: SECRET_KEY,
-            ep.ENV_MAX_INSTANCES: "1",
-            ep.ENV_MAX_CONNECTIONS: "25",
-            ep.ENV_HTTP2: "1",
+            cfg.ENV_DB_USER: DB_USER,
+            cfg.ENV_DB_PASSWORD: DB_PASSWORD,
+            cfg.ENV_DB_NAME: "mlflow",
+            cfg.ENV_AUTH_DB_NAME: "mlflow_auth",
+            cfg.ENV_CONNECTION: self.stack.connection_name,
+            cfg.ENV_CLOUDSQL_DIR: str(self.stack.cloudsql_dir),
+            cfg.ENV_ARTIFACTS: f"gs://{self.stack.bucket}/artifacts",
+            cfg.ENV_ALLOWED_HOSTS: "https://mlflow-test-uc.a.run.app",
+            cfg.ENV_ADMIN_USERNAME: ADMIN_USER,
+            cfg.ENV_ADMIN_PASSWORD: ADMIN_PASSWORD,
+            cfg.ENV_SECRET_KEY: SECRET_KEY,
+            cfg.ENV_MAX_INSTANCES: "1",
+            cfg.ENV_MAX_CONNECTIONS: "25",
+            cfg.ENV_HTTP2: "1",
         }
         env.update(overrides)
         return env
@@ -696,7 +704,7 @@ def test_connections_stay_within_the_plan_and_setup_holds_none(server, mlflow_cl
         requests.get(f"{server.url}/api/2.0/mlflow/users/get?username={ADMIN_USER}", auth=ADMIN, timeout=10)
         if i == 0:
             mlflow_client.create_registered_model(f"model-{uuid.uuid4().hex[:8]}")
-    plan = ep.plan_pools(max_connections=25, max_instances=1, workers=1)
+    plan = cfg.plan_pools(max_connections=25, max_instances=1, workers=1)
     with stack.connect("mlflow") as conn:
         rows = conn.execute(
             "SELECT application_name, datname FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
@@ -705,8 +713,8 @@ def test_connections_stay_within_the_plan_and_setup_holds_none(server, mlflow_cl
     apps = [r[0] for r in rows]
     assert apps, "the server holds no connection at all?"
     # Idle, each engine keeps at most its steady pool; overflow connections were closed when returned.
-    assert len(rows) <= plan.workers * ep.ENGINES_PER_WORKER * plan.pool_size, rows
-    assert set(apps) == {ep.APP_WORKER}, rows  # the setup process kept nothing open
+    assert len(rows) <= plan.workers * cfg.ENGINES_PER_WORKER * plan.pool_size, rows
+    assert set(apps) == {cfg.APP_WORKER}, rows  # the setup process kept nothing open
     assert {r[1] for r in rows} <= {"mlflow", "mlflow_auth"}
 
 
@@ -728,26 +736,26 @@ def test_ownership_is_shared_by_both_login_roles_and_moves_off_a_legacy_owner(st
         conn.execute("CREATE TABLE legacy (id int)")
 
     def start(user: str, password: str, users: tuple[str, ...]) -> None:
-        engine = sqlalchemy.create_engine(ep.postgres_url(user, password, dbname, socket_dir))
+        engine = sqlalchemy.create_engine(cfg.postgres_url(user, password, dbname, socket_dir))
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                ep.ensure_ownership(conn, users, database=dbname)
+                serve_process.ensure_ownership(conn, users, database=dbname)
         finally:
             engine.dispose()
 
     start(DB_USER, DB_PASSWORD, (DB_USER, other))
     start(DB_USER, DB_PASSWORD, (DB_USER, other))  # every start: a no-op the second time
     with stack.connect(dbname) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (ep.OWNER_ROLE,)
+        assert conn.execute("SELECT current_user").fetchone() == (cfg.OWNER_ROLE,)
         conn.execute("CREATE TABLE made_by_first (id int)")
     start(other, other_password, (other, DB_USER))
     with psycopg.connect(host=socket_dir, user=other, password=other_password, dbname=dbname, autocommit=True) as conn:
-        assert conn.execute("SELECT session_user, current_user").fetchone() == (other, ep.OWNER_ROLE)
+        assert conn.execute("SELECT session_user, current_user").fetchone() == (other, cfg.OWNER_ROLE)
         conn.execute("INSERT INTO legacy VALUES (1)")
         conn.execute("ALTER TABLE made_by_first ADD COLUMN note text")
         conn.execute("CREATE TABLE made_by_other (id int)")
         owners = conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'").fetchall()
-    assert dict(owners) == {t: ep.OWNER_ROLE for t in ("legacy", "made_by_first", "made_by_other")}
+    assert dict(owners) == {t: cfg.OWNER_ROLE for t in ("legacy", "made_by_first", "made_by_other")}
 
 
 def test_concurrent_first_start_on_a_fresh_database_in_every_process_tree(servers, stack):
@@ -755,12 +763,12 @@ def test_concurrent_first_start_on_a_fresh_database_in_every_process_tree(server
     process tree: served from the serve process (the default), hypercorn's two worker processes, MLflow's uvicorn."""
     tracking = stack.create_database(f"fresh_{uuid.uuid4().hex[:6]}")
     auth = stack.create_database(f"fresh_auth_{uuid.uuid4().hex[:6]}")
-    common = {ep.ENV_DB_NAME: tracking, ep.ENV_AUTH_DB_NAME: auth, ep.ENV_MAX_INSTANCES: "3"}
+    common = {cfg.ENV_DB_NAME: tracking, cfg.ENV_AUTH_DB_NAME: auth, cfg.ENV_MAX_INSTANCES: "3"}
     # Enough connections for two workers per instance (25 would give each of three instances room for one).
-    common[ep.ENV_MAX_CONNECTIONS] = "100"
-    here = servers.start(**common, **{ep.ENV_HTTP2: "1", ep.ENV_WORKERS: "1"})
-    workers = servers.start(**common, **{ep.ENV_HTTP2: "1", ep.ENV_WORKERS: "2"})
-    h1 = servers.start(**common, **{ep.ENV_HTTP2: "0", ep.ENV_WORKERS: "1"})
+    common[cfg.ENV_MAX_CONNECTIONS] = "100"
+    here = servers.start(**common, **{cfg.ENV_HTTP2: "1", cfg.ENV_WORKERS: "1"})
+    workers = servers.start(**common, **{cfg.ENV_HTTP2: "1", cfg.ENV_WORKERS: "2"})
+    h1 = servers.start(**common, **{cfg.ENV_HTTP2: "0", cfg.ENV_WORKERS: "1"})
     started = (here, workers, h1)
     errors: list[BaseException] = []
 
@@ -806,9 +814,9 @@ def test_concurrent_first_start_on_a_fresh_database_in_every_process_tree(server
         ).fetchall()
     assert len(names) == 1 + 4 * len(started) and "Default" in names
     # Whatever the process tree, only the serving processes hold connections, each within its plan.
-    assert {r[0] for r in rows} == {ep.APP_WORKER}, rows
-    plans = [ep.plan_pools(max_connections=100, max_instances=3, workers=n) for n in (1, 2, 1)]
-    assert len(rows) <= sum(p.workers * ep.ENGINES_PER_WORKER * p.pool_size for p in plans), rows
+    assert {r[0] for r in rows} == {cfg.APP_WORKER}, rows
+    plans = [cfg.plan_pools(max_connections=100, max_instances=3, workers=n) for n in (1, 2, 1)]
+    assert len(rows) <= sum(p.workers * cfg.ENGINES_PER_WORKER * p.pool_size for p in plans), rows
 
     # The uvicorn server speaks HTTP/1.1 only: h2c prior knowledge fails there.
     with httpx.Client(http1=False, http2=True, timeout=10) as client, pytest.raises(httpx.HTTPError):
@@ -831,8 +839,8 @@ def test_three_instances_of_a_new_release_starting_at_once_migrate_an_older_sche
     old_python = server_image_python(OLDER_MLFLOW)
     tracking = stack.create_database(f"old_{uuid.uuid4().hex[:6]}")
     auth = stack.create_database(f"old_auth_{uuid.uuid4().hex[:6]}")
-    common = {ep.ENV_DB_NAME: tracking, ep.ENV_AUTH_DB_NAME: auth, ep.ENV_MAX_INSTANCES: "3",
-              ep.ENV_MAX_CONNECTIONS: "100"}  # fmt: skip
+    common = {cfg.ENV_DB_NAME: tracking, cfg.ENV_AUTH_DB_NAME: auth, cfg.ENV_MAX_INSTANCES: "3",
+              cfg.ENV_MAX_CONNECTIONS: "100"}  # fmt: skip
     old = servers.start(python=old_python, **common)
     old.wait_ready()
     made = requests.post(f"{old.url}/api/2.0/mlflow/experiments/create", json={"name": "made-by-the-old-release"},
@@ -866,21 +874,21 @@ def test_a_serve_process_that_imported_mlflow_differently_serves_from_a_worker(s
     refuse the service's host, so it says so and starts a worker process, which gets it right; the serve process
     holds no connection then."""
     env = servers.env(PORT=str(_free_port()))
-    config = ep.Config.from_env(env)
+    config = cfg.Config.from_env(env)
     plan = config.pool_plan()
-    ini = ep.auth_ini(
+    ini = cfg.auth_ini(
         database_uri=config.auth_uri,
         admin_username=config.admin_username,
         admin_password=config.admin_password,
         default_permission=config.default_permission,
         auth_cache_ttl_seconds=config.auth_cache_ttl,
     )
-    serve_env = ep.server_env(env, config, plan, ep.write_private_file(tmp_path, "basic_auth.ini", ini))
-    del serve_env[ep.MLFLOW_SERVER_ALLOWED_HOSTS]
+    serve_env = cfg.server_env(env, config, plan, cfg.write_private_file(tmp_path, "basic_auth.ini", ini))
+    del serve_env[cfg.MLFLOW_SERVER_ALLOWED_HOSTS]
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(ENTRYPOINT), "serve", *ep.server_args(config, plan.workers)],
+            [sys.executable, str(ENTRYPOINT), "serve", *cfg.server_args(config, plan.workers)],
             env=serve_env,
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
@@ -970,7 +978,7 @@ def test_sigterm_finishes_in_flight_requests_and_a_restart_keeps_users(servers, 
     # The restarted server is pinned to a different admin password (an auth database kept across `down`/`up`, or
     # restored): the admin, kept with its id and grants, now answers to the pinned password, and only to it.
     new_admin = (ADMIN_USER, "a-different-password-123")
-    again = servers.start(**{ep.ENV_ADMIN_PASSWORD: new_admin[1]})
+    again = servers.start(**{cfg.ENV_ADMIN_PASSWORD: new_admin[1]})
     again.wait_ready(auth=new_admin)
     url = f"{again.url}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(url, auth=("alice", "alice-password-123"), timeout=10).status_code == 200

@@ -40,7 +40,7 @@ from tests.server.test_entrypoint import (
     Servers,
     Stack,
     _env,
-    ep,
+    cfg,
 )
 
 # test_entrypoint's module-scoped fixtures, reused (this module gets its own instances).
@@ -119,16 +119,16 @@ def _headers(token: str) -> dict[str, str]:
 
 
 def _iap_env(**overrides: str) -> dict[str, str]:
-    return _env(**{ep.ENV_AUTH_MODE: "iap", ep.ENV_IAP_AUDIENCE: AUDIENCE, **overrides})
+    return _env(**{cfg.ENV_AUTH_MODE: "iap", cfg.ENV_IAP_AUDIENCE: AUDIENCE, **overrides})
 
 
 def test_basic_mode_is_the_default_and_unchanged(tmp_path):
-    config = ep.Config.from_env(_env())
-    assert config.auth_mode == "basic" and config.authorization_function == ep.BASIC_AUTH_FUNCTION
-    assert ep.Config.from_env(_env(**{ep.ENV_AUTH_MODE: "Basic"})).auth_mode == "basic"
+    config = cfg.Config.from_env(_env())
+    assert config.auth_mode == "basic" and config.authorization_function == cfg.BASIC_AUTH_FUNCTION
+    assert cfg.Config.from_env(_env(**{cfg.ENV_AUTH_MODE: "Basic"})).auth_mode == "basic"
     # IAP settings mean nothing in basic mode.
-    assert ep.Config.from_env(_env(**{ep.ENV_IAP_AUDIENCE: "nonsense"})).iap_audience == ""
-    ini = ep.auth_ini(
+    assert cfg.Config.from_env(_env(**{cfg.ENV_IAP_AUDIENCE: "nonsense"})).iap_audience == ""
+    ini = cfg.auth_ini(
         database_uri="postgresql://x",
         admin_username="admin",
         admin_password="p" * 12,
@@ -141,17 +141,17 @@ def test_basic_mode_is_the_default_and_unchanged(tmp_path):
         "auth_cache_ttl_seconds = 60\n"
     )
     base = {**_env(), "PYTHONPATH": "/somewhere"}
-    env = ep.server_env(base, config, config.pool_plan(), tmp_path / "a.ini")
+    env = cfg.server_env(base, config, config.pool_plan(), tmp_path / "a.ini")
     # The image's own modules (mlflow_gcp_artifacts in every mode) come first on the path; no IAP setting is passed.
-    assert env["PYTHONPATH"] == f"{ep.IMAGE_DIR}:/somewhere" and ep.ENV_AUTH_MODE not in env
+    assert env["PYTHONPATH"] == f"{cfg.IMAGE_DIR}:/somewhere" and cfg.ENV_AUTH_MODE not in env
 
 
 def test_iap_mode_settings_are_parsed_and_normalised():
-    config = ep.Config.from_env(
+    config = cfg.Config.from_env(
         _iap_env(
             **{
-                ep.ENV_AUTH_MODE: " IAP ",
-                ep.ENV_IAP_ADMINS: "user:Ana@Example.com, bo@example.com,,ana@example.com,"
+                cfg.ENV_AUTH_MODE: " IAP ",
+                cfg.ENV_IAP_ADMINS: "user:Ana@Example.com, bo@example.com,,ana@example.com,"
                 "serviceAccount:ci@p.iam.gserviceaccount.com",
             }
         )
@@ -160,49 +160,49 @@ def test_iap_mode_settings_are_parsed_and_normalised():
     assert config.iap_audience == AUDIENCE
     assert config.iap_admins == ("ana@example.com", "bo@example.com", "ci@p.iam.gserviceaccount.com")
     assert config.iap_certs_url == "https://www.gstatic.com/iap/verify/public_key" == iap.DEFAULT_CERTS_URL
-    assert ep.Config.from_env(_iap_env()).iap_admins == ()
+    assert cfg.Config.from_env(_iap_env()).iap_admins == ()
     for url in ("http://127.0.0.1:8790/_emulator/iap/verify/public_key", "http://localhost:1/k", "http://[::1]:2/k"):
-        assert ep.Config.from_env(_iap_env(**{ep.ENV_IAP_CERTS_URL: url})).iap_certs_url == url
+        assert cfg.Config.from_env(_iap_env(**{cfg.ENV_IAP_CERTS_URL: url})).iap_certs_url == url
     # The module and the entrypoint agree on the names.
-    assert (ep.ENV_IAP_AUDIENCE, ep.ENV_IAP_ADMINS, ep.ENV_IAP_CERTS_URL) == (
+    assert (cfg.ENV_IAP_AUDIENCE, cfg.ENV_IAP_ADMINS, cfg.ENV_IAP_CERTS_URL) == (
         iap.ENV_AUDIENCE,
         iap.ENV_ADMINS,
         iap.ENV_CERTS_URL,
     )
-    assert ep.IAP_AUTH_FUNCTION.split(":") == [IAP_PATH.stem, iap.authenticate_request_iap.__name__]
+    assert cfg.IAP_AUTH_FUNCTION.split(":") == [IAP_PATH.stem, iap.authenticate_request_iap.__name__]
 
 
 @pytest.mark.parametrize(
     ("overrides", "complaint"),
     [
-        ({ep.ENV_AUTH_MODE: "oauth"}, ep.ENV_AUTH_MODE),
-        ({ep.ENV_IAP_AUDIENCE: "<unset>"}, ep.ENV_IAP_AUDIENCE),
-        ({ep.ENV_IAP_AUDIENCE: "/projects/my-project/locations/us-central1/services/mlflow"}, "project number"),
-        ({ep.ENV_IAP_AUDIENCE: "/projects/1/global/backendServices/2"}, ep.ENV_IAP_AUDIENCE),
-        ({ep.ENV_IAP_AUDIENCE: AUDIENCE + "/extra"}, ep.ENV_IAP_AUDIENCE),
-        ({ep.ENV_IAP_ADMINS: "group:ml@example.com"}, "not groups"),
-        ({ep.ENV_IAP_ADMINS: "ana"}, "not an email: 'ana'"),
-        ({ep.ENV_IAP_ADMINS: "a b@example.com"}, ep.ENV_IAP_ADMINS),
-        ({ep.ENV_IAP_CERTS_URL: "http://keys.example.com/k"}, "loopback"),
-        ({ep.ENV_IAP_CERTS_URL: "file:///etc/keys"}, ep.ENV_IAP_CERTS_URL),
+        ({cfg.ENV_AUTH_MODE: "oauth"}, cfg.ENV_AUTH_MODE),
+        ({cfg.ENV_IAP_AUDIENCE: "<unset>"}, cfg.ENV_IAP_AUDIENCE),
+        ({cfg.ENV_IAP_AUDIENCE: "/projects/my-project/locations/us-central1/services/mlflow"}, "project number"),
+        ({cfg.ENV_IAP_AUDIENCE: "/projects/1/global/backendServices/2"}, cfg.ENV_IAP_AUDIENCE),
+        ({cfg.ENV_IAP_AUDIENCE: AUDIENCE + "/extra"}, cfg.ENV_IAP_AUDIENCE),
+        ({cfg.ENV_IAP_ADMINS: "group:ml@example.com"}, "not groups"),
+        ({cfg.ENV_IAP_ADMINS: "ana"}, "not an email: 'ana'"),
+        ({cfg.ENV_IAP_ADMINS: "a b@example.com"}, cfg.ENV_IAP_ADMINS),
+        ({cfg.ENV_IAP_CERTS_URL: "http://keys.example.com/k"}, "loopback"),
+        ({cfg.ENV_IAP_CERTS_URL: "file:///etc/keys"}, cfg.ENV_IAP_CERTS_URL),
     ],
     ids=["mode", "no-audience", "project-id", "load-balancer-audience", "audience-suffix", "group", "not-email",
          "space", "plain-http", "file-url"],
 )  # fmt: skip
 def test_iap_mode_errors_name_the_setting(overrides, complaint):
-    with pytest.raises(ep.ConfigError) as err:
-        ep.Config.from_env(_iap_env(**overrides))
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.Config.from_env(_iap_env(**overrides))
     assert complaint in str(err.value)
 
 
 def test_iap_mode_ini_and_worker_environment(tmp_path, monkeypatch):
     from mlflow.server.auth.config import read_auth_config
 
-    config = ep.Config.from_env(_iap_env(**{ep.ENV_IAP_ADMINS: "Ana@Example.com"}))
-    path = ep.write_private_file(
+    config = cfg.Config.from_env(_iap_env(**{cfg.ENV_IAP_ADMINS: "Ana@Example.com"}))
+    path = cfg.write_private_file(
         tmp_path,
         "basic_auth.ini",
-        ep.auth_ini(
+        cfg.auth_ini(
             database_uri=config.auth_uri,
             admin_username=config.admin_username,
             admin_password=config.admin_password,
@@ -215,11 +215,11 @@ def test_iap_mode_ini_and_worker_environment(tmp_path, monkeypatch):
     assert read_auth_config().authorization_function == "mlflow_gcp_iap:authenticate_request_iap"
 
     plan = config.pool_plan()
-    env = ep.server_env({**_iap_env(), "PYTHONPATH": f"/a{os.pathsep}/b"}, config, plan, path)
+    env = cfg.server_env({**_iap_env(), "PYTHONPATH": f"/a{os.pathsep}/b"}, config, plan, path)
     assert env["PYTHONPATH"] == os.pathsep.join([str(IAP_PATH.parent), "/a", "/b"])
-    assert ep.server_env(_iap_env(), config, plan, path)["PYTHONPATH"] == str(IAP_PATH.parent)
-    assert env[ep.ENV_AUTH_MODE] == "iap" and env[ep.ENV_IAP_AUDIENCE] == AUDIENCE
-    assert env[ep.ENV_IAP_ADMINS] == "ana@example.com" and env[ep.ENV_IAP_CERTS_URL] == iap.DEFAULT_CERTS_URL
+    assert cfg.server_env(_iap_env(), config, plan, path)["PYTHONPATH"] == str(IAP_PATH.parent)
+    assert env[cfg.ENV_AUTH_MODE] == "iap" and env[cfg.ENV_IAP_AUDIENCE] == AUDIENCE
+    assert env[cfg.ENV_IAP_ADMINS] == "ana@example.com" and env[cfg.ENV_IAP_CERTS_URL] == iap.DEFAULT_CERTS_URL
     # What the workers read back.
     settings = iap.Settings.from_env(env)
     assert settings == iap.Settings(AUDIENCE, frozenset({"ana@example.com"}), iap.DEFAULT_CERTS_URL)
@@ -579,13 +579,13 @@ def iap_server(servers: Servers, stack: Stack, keyserver: KeyServer) -> IapServe
     auth = stack.create_database(f"iap_auth_{uuid.uuid4().hex[:6]}")
     server = servers.start(
         **{
-            ep.ENV_DB_NAME: tracking,
-            ep.ENV_AUTH_DB_NAME: auth,
-            ep.ENV_AUTH_MODE: "iap",
-            ep.ENV_IAP_AUDIENCE: AUDIENCE,
+            cfg.ENV_DB_NAME: tracking,
+            cfg.ENV_AUTH_DB_NAME: auth,
+            cfg.ENV_AUTH_MODE: "iap",
+            cfg.ENV_IAP_AUDIENCE: AUDIENCE,
             # The prefix and case as the tool's config may write them.
-            ep.ENV_IAP_ADMINS: f"user:{BOSS.upper()}, {DAVE}",
-            ep.ENV_IAP_CERTS_URL: keyserver.url,
+            cfg.ENV_IAP_ADMINS: f"user:{BOSS.upper()}, {DAVE}",
+            cfg.ENV_IAP_CERTS_URL: keyserver.url,
         }
     )
     s = IapServer(server, stack, auth, keyserver)

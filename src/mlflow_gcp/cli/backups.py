@@ -93,6 +93,7 @@ def _size(n: int | None) -> str:
 @click.option(
     "--to-time", default=None, help="Restore the databases as they were then (RFC 3339, e.g. 2026-11-30T10:15:00Z)."
 )
+@click.option("--abandon", is_flag=True, help="Give up the restore in progress (its new instance is deleted).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, changing nothing.")
 @click.option("--break-lock", is_flag=True, help="Remove a lock left by a run that died, then proceed.")
@@ -103,7 +104,7 @@ def restore(ctx: click.Context, **params: Any) -> None:
     """Restore both MLflow databases from a backup or to a point in time, into a NEW Cloud SQL instance the
     service then switches to. The instance serving now is kept (`mlflow-gcp cleanup` deletes it).
 
-    An interrupted restore is finished by running the same command again."""
+    An interrupted restore is finished by running the command again (`--abandon` gives it up)."""
     from ..engine import perform
     from ..operations import record_for
     from ..restore import Restore
@@ -112,7 +113,10 @@ def restore(ctx: click.Context, **params: Any) -> None:
     dry_run = params["dry_run"]
     with app.session("restore", lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
         operation = Restore(run_ctx, backup_id=params["backup_id"], to_time=params["to_time"],
-                            say=app.terminal.line)  # fmt: skip
+                            say=app.terminal.line, reporter=app.terminal)  # fmt: skip
+        if params["abandon"]:
+            abandon_operation(app, operation, params["as_json"])
+            return
         record = record_for(operation)
         resuming = bool(record["phase"])
         header = ("A restore is in progress; running the command resumes it:" if resuming
@@ -144,28 +148,52 @@ def restore(ctx: click.Context, **params: Any) -> None:
 def cleanup(ctx: click.Context, **params: Any) -> None:
     """Delete the Cloud SQL instances a restore or a rollback kept (the data as it was before)."""
     from ..engine import Engine
-    from ..operations import forget_deleted_instances, kept_instances
+    from ..operations import forget_deleted_instances, kept_instances, refuse_if_in_progress
     from ..resources.sql_backups import kept
 
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
     with app.session("cleanup", lock=not params["dry_run"]) as run_ctx:
+        refuse_if_in_progress(run_ctx.state)  # an operation may still need a kept instance (its backup, its data)
         listed = kept_instances(run_ctx.state)
         if not listed:
             app.terminal.line("No kept instances: nothing to delete.")
             if params["as_json"]:
                 click.echo(json.dumps({"ok": True, "outcomes": []}))
             return
+        rollback = ((run_ctx.state.data.get("mlflow") or {}).get("previous") or {}).get("backup_instance")
         for k in listed:
-            app.terminal.line(f"Kept: Cloud SQL instance {k['instance']} (since {k['since']}, {k['why']})")
+            needed = (
+                " It holds the backup `upgrade --rollback` restores: no rollback after this."
+                if (k["instance"] == rollback)
+                else ""
+            )
+            app.terminal.line(f"Kept: Cloud SQL instance {k['instance']} (since {k['since']}, {k['why']}).{needed}")
         if not params["dry_run"] and not params["yes"]:
-            _confirm("", f"Delete {len(listed)} kept instance(s) and the data in them?")
+            _confirm("", f"Delete {len(listed)} kept instance(s), the data and the backups in them?")
         with app.terminal:
             outcomes = Engine(run_ctx, app.terminal).destroy(kept(run_ctx), delete_data=True,
                                                              dry_run=params["dry_run"])  # fmt: skip
         if not params["dry_run"]:
             forget_deleted_instances(run_ctx.state, [o.id for o in outcomes if o.action in ("deleted", "absent")])
+            if rollback and rollback not in {k["instance"] for k in kept_instances(run_ctx.state)} | {
+                run_ctx.names.instance
+            }:
+                # Its backups went with it (on GCP a deleted instance's backups are deleted too).
+                run_ctx.state.set("mlflow", {k: v for k, v in run_ctx.state.data["mlflow"].items() if k != "previous"})
     if params["as_json"]:
         click.echo(json.dumps({"ok": True, "outcomes": [o.as_dict() for o in outcomes]}, indent=2))
+
+
+def abandon_operation(app: App, operation: Any, as_json: bool) -> None:
+    """``--abandon``: give up the operation in progress of this kind (operations.abandon), saying what it undid."""
+    from ..operations import abandon
+
+    with app.terminal:
+        record = abandon(operation)
+    where = f"it was at phase {record['phase']}"
+    app.terminal.line(f"Abandoned the {record['kind']} started {record['started']} ({where}).")
+    if as_json:
+        click.echo(json.dumps({"ok": True, "abandoned": record}, indent=2))
 
 
 def _confirm(plan: str, question: str) -> None:

@@ -35,9 +35,15 @@ def down(ctx: click.Context, **params: Any) -> None:
             resources(run_ctx, removing=True), delete_data=delete_data, dry_run=dry_run
         )
         if delete_data and not dry_run:
-            from ..operations import forget_deleted_instances
+            from ..operations import STATE_KEY, forget_deleted_instances, in_progress
 
             forget_deleted_instances(run_ctx.state, [o.id for o in outcomes if o.action in ("deleted", "absent")])
+            # With the data gone, so is what a restore or an upgrade in progress worked on (its new instance was
+            # deleted with the others), and the release whose schema the database had: a new `up` starts afresh.
+            dropped = in_progress(run_ctx.state)
+            run_ctx.state.update({STATE_KEY: None, "mlflow": None})
+            if dropped:
+                app.terminal.line(f"The {dropped['kind']} in progress was given up with the data.")
     counts = summarize(outcomes)
     app.terminal.line("Done: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     if not delete_data and counts.get("kept"):

@@ -147,7 +147,7 @@ def status(ctx: click.Context, **params: Any) -> None:
             click.echo(f"MLflow: {version} ({schemas}){': ' + running['detail'] if running.get('detail') else ''}")
         from packaging.version import Version
 
-        if Version(mlflow_info["default"]) > Version(run_ctx.mlflow_version):
+        if not run_ctx.config.server.image and Version(mlflow_info["default"]) > Version(run_ctx.mlflow_version):
             click.echo(f"This mlflow-gcp is tested with MLflow {mlflow_info['default']}: `mlflow-gcp upgrade` moves "
                        f"the server from {run_ctx.mlflow_version}.")  # fmt: skip
         click.echo("Pinned secret versions: " + ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())))

@@ -37,7 +37,7 @@ def up(ctx: click.Context, **params: Any) -> None:
     """Create or repair the MLflow stack: APIs, registry, image, Cloud SQL, secrets, service account, bucket,
     IAM and the Cloud Run service. Running it again changes nothing that is already right."""
     from ..engine import Engine, StepFailed, summarize
-    from ..rotation import refuse_if_in_progress
+    from ..operations import refuse_if_in_progress
     from ..stack import resources
 
     flags = {

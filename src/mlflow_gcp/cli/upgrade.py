@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .app import App, config_options, run_command
-from .backups import _confirm
+from .backups import _confirm, abandon_operation
 
 
 @click.command()
@@ -17,6 +17,7 @@ from .backups import _confirm
 @click.option("--to", "to_version", default=None, help="The MLflow release [default: server.mlflow_version, else the "
               "one this mlflow-gcp is tested with].")  # fmt: skip
 @click.option("--rollback", is_flag=True, help="Back to the release and the data from before the last upgrade.")
+@click.option("--abandon", is_flag=True, help="Give up the upgrade (or, with --rollback, the rollback) in progress.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (--rollback; for scripts).")
 @click.option("--dry-run", is_flag=True, help="Show what would change (versions, schema migrations), changing nothing.")
 @click.option("--break-lock", is_flag=True, help="Remove a lock left by a run that died, then proceed.")
@@ -30,7 +31,7 @@ def upgrade(ctx: click.Context, **params: Any) -> None:
     \b
     --rollback restores the pre-upgrade backup into a new Cloud SQL instance and switches the service to it with
     the previous release; what was written since the upgrade stays only in the instance it leaves (kept).
-    An interrupted upgrade or rollback is finished by running the same command again."""
+    An interrupted upgrade or rollback is finished by running the command again; --abandon gives it up."""
     from ..engine import perform
     from ..operations import record_for
     from ..upgrade import Rollback, Upgrade
@@ -38,13 +39,20 @@ def upgrade(ctx: click.Context, **params: Any) -> None:
     app = App(params, {}, ctx.find_root().params.get("verbose", 0))
     dry_run = params["dry_run"]
     command = "upgrade --rollback" if params["rollback"] else "upgrade"
+    if params["rollback"] and params["to_version"]:
+        raise click.UsageError("--rollback goes back to the release from before the last upgrade: no --to with it.")
     with app.session(command, lock=not dry_run, break_lock=params["break_lock"]) as run_ctx:
         if params["rollback"]:
-            operation: Any = Rollback(run_ctx, say=app.terminal.line)
+            operation: Any = Rollback(run_ctx, say=app.terminal.line, reporter=app.terminal)
         else:
-            operation = Upgrade(run_ctx, params["to_version"], say=app.terminal.line)
-            current = run_ctx.state.data.get("operation")
-            if current is None and operation.target() == run_ctx.mlflow_version:
+            operation = Upgrade(run_ctx, params["to_version"], say=app.terminal.line, reporter=app.terminal)
+        if params["abandon"]:
+            abandon_operation(app, operation, params["as_json"])
+            return
+        if not params["rollback"] and run_ctx.state.data.get("operation") is None and not run_ctx.config.server.image:
+            from ..resources.run import recorded_url
+
+            if recorded_url(run_ctx.state) and operation.target() == run_ctx.mlflow_version:
                 app.terminal.line(f"MLflow {run_ctx.mlflow_version} serves already: nothing to upgrade.")
                 if params["as_json"]:
                     click.echo(json.dumps({"ok": True, "version": run_ctx.mlflow_version, "changed": False}))

@@ -295,7 +295,7 @@ class Service(Resource):
         c, n = self.ctx.config, self.ctx.names
         # Cloud Run routes to a new instance only once its startup probe passes, so the probe's cadence adds to every
         # cold start: it must follow the real start. With one worker the server listens only once the databases
-        # are migrated and the app is built (server_image/entrypoint.py serves from the process that did both), so
+        # are migrated and the app is built (server_image/mlflow_gcp_serve.py serves from the process that did both), so
         # an open port means ready: Cloud Run's own default startup probe, TCP with timeoutSeconds 240,
         # periodSeconds 240, failureThreshold 1 ("Default TCP startup probe", cloud.google.com/run/docs/
         # configuring/healthchecks), connects as soon as the port opens, with no period to wait out, and gives a

@@ -10,7 +10,6 @@ database version (https://cloud.google.com/sql/docs/postgres/backup-recovery/res
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Resource
@@ -80,6 +79,16 @@ def locate_backup(ctx: Context, backup_id: str) -> tuple[str, dict[str, Any]]:
             continue
     raise NotFoundError(
         f"No backup {backup_id} of Cloud SQL instance {' or '.join(instances)}.", hint="List them: mlflow-gcp backups"
+    )
+
+
+def recovery_window(ctx: Context, instance: str) -> dict[str, Any]:
+    """``instances.getLatestRecoveryTime``: ``earliestRecoveryTime`` and ``latestRecoveryTime`` (RFC 3339) of a clone at
+    a point in time (a GET in the discovery document, under ``projects.instances``)."""
+    sql = ctx.clients.sqladmin
+    return ctx.api(
+        "sqladmin.instances.getLatestRecoveryTime",
+        sql.projects().instances().getLatestRecoveryTime(project=ctx.names.project, instance=instance).execute,
     )
 
 
@@ -161,6 +170,7 @@ def delete_instance(ctx: Context, name: str) -> bool:
     """Delete a kept instance (deletion protection lifted first); False if it was gone already."""
     step = Instance(ctx.on_instance(name))
     live = step.find()
+    live = step.settle(live) if live is not None else None  # one still being made (a clone a killed run started)
     if live is None:
         return False
     step.delete(live)
@@ -177,31 +187,15 @@ def _refused(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def parse_time(text: str) -> dt.datetime:
-    """An RFC 3339 / ISO 8601 time with its offset (``2026-11-30T10:15:00Z``), as UTC."""
-    from ..errors import ConfigError
-
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise ConfigError(
-            f"--to-time {text!r} is not a time.", hint="Give it as RFC 3339 with its offset: 2026-11-30T10:15:00Z"
-        ) from None
-    if when.tzinfo is None:
-        raise ConfigError(f"--to-time {text!r} has no time zone.", hint="Add one, e.g. Z for UTC: 2026-11-30T10:15:00Z")
-    return when.astimezone(dt.UTC)
-
-
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class KeptInstance(Resource):
     """An instance a restore or a rollback moved the service off (``database.kept`` in the state): it holds the data
     as it was, so only ``down --delete-data`` or ``mlflow-gcp cleanup`` deletes it."""
 
     kind = "Cloud SQL instance (kept)"
     holds_data = True
+    # Removed before the live instance (`down` goes in reverse order): a clone an unfinished restore is making of it
+    # must be finished (waited for) and deleted before its source goes.
+    depends_on = ("sql:instance",)
 
     def __init__(self, ctx: Context, instance: str) -> None:
         super().__init__(ctx)
@@ -215,6 +209,9 @@ class KeptInstance(Resource):
     def find(self) -> Any | None:
         return self._step.find()
 
+    def settle(self, actual: Any) -> Any | None:
+        return self._step.settle(actual)  # one still being made (a restore killed mid-clone) is waited for
+
     def create(self) -> Any:
         raise MlflowGcpError(f"The kept instance {self.instance} is gone; nothing recreates it.")
 
@@ -223,6 +220,12 @@ class KeptInstance(Resource):
 
 
 def kept(ctx: Context) -> list[KeptInstance]:
-    from ..operations import kept_instances
+    """The instances a restore or a rollback kept, and the one an unfinished restore or rollback is making (so that
+    `down` finds it too)."""
+    from ..operations import in_progress, kept_instances
 
-    return [KeptInstance(ctx, k["instance"]) for k in kept_instances(ctx.state)]
+    names = [k["instance"] for k in kept_instances(ctx.state)]
+    making = (in_progress(ctx.state) or {}).get("target")
+    if making and making not in names and making != ctx.names.instance:
+        names.append(making)
+    return [KeptInstance(ctx, name) for name in names]

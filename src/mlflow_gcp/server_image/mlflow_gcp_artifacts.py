@@ -20,7 +20,7 @@ temp-file path, where nothing is uploaded before the body is complete.
 The destination path and content type are computed as ``GCSArtifactRepository.log_artifact`` computes them
 (``<root>/<artifact_path>/<basename>``, the type guessed from the name as ``Blob.upload_from_filename`` does).
 
-entrypoint.py has every process that serves MLflow's app build it through :func:`create_app`, which registers the
+mlflow_gcp_serve.py has every process that serves MLflow's app build it through :func:`create_app`, which registers the
 repository for ``gs://`` and then builds the app ``mlflow server`` chose (``MLFLOW_GCP_APP``, e.g.
 ``mlflow.server.auth:create_app()``), so the workers of any process tree get it.
 """

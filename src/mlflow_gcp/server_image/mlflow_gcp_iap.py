@@ -352,7 +352,7 @@ def ensure_user(state: _State, email: str, store: Any, basic_admin: str | None) 
         if state.synced.get(email, 0.0) > time.monotonic():
             return
         if email == basic_admin:
-            # The ini's admin (entrypoint.py pins its password and admin flag): not ours to change.
+            # The ini's admin (mlflow_gcp_serve.py pins its password and admin flag): not ours to change.
             state.synced[email] = time.monotonic() + USER_SYNC_SECONDS
             return
         admin = email in state.settings.admins
@@ -424,7 +424,7 @@ def authenticate_request_iap() -> Authorization | Any:
 
 def check_runtime() -> str:
     """Empty if this Python can verify IAP assertions (ES256 needs google-auth's cryptography-based verifier),
-    else why not. entrypoint.py calls it before starting the workers."""
+    else why not. mlflow_gcp_serve.py calls it before starting the workers."""
     try:
         from google.auth.crypt import es  # noqa: F401
     except ImportError as exc:

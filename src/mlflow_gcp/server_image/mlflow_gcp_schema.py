@@ -15,7 +15,7 @@ The tracking database keeps alembic's revision in ``alembic_version``; the auth 
 
 The route is a Flask route of MLflow's own app, so MLflow's authentication and authorization apply to it like to
 any route: with ``MLFLOW_BASIC_AUTH_FAIL_CLOSED`` (MLflow's default since it exists) a route without a permission
-rule is for admins only, which suits it. ``entrypoint.py``'s app factory (``mlflow_gcp_artifacts.create_app``)
+rule is for admins only, which suits it. ``mlflow_gcp_serve.py``'s app factory (``mlflow_gcp_artifacts.create_app``)
 registers it before MLflow builds the app.
 """
 

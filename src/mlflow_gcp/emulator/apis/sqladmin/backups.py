@@ -26,8 +26,8 @@ What GCP does and the emulator reproduces:
   configure-pitr) and starts the transaction log afresh ("If you deactivate and re-enable PITR, then any existing logs
   are deleted", .../backup-recovery/restore).
 - Deleting an instance deletes its backups and logs: on-demand backups "persist until you delete them or until their
-  instance is deleted" (.../backup-recovery/backups). A final backup kept after deletion is not emulated (api.py
-  answers 501 for it).
+  instance is deleted" (.../backup-recovery/backups). A final backup kept after deletion is not emulated
+  (instances.py answers 501 for it).
 
 Choices where GCP's behaviour is unrecorded or out of an emulator's reach:
 
@@ -60,14 +60,12 @@ from ...core.errors import GcpError
 from ...core.http import ApiRequest, route
 from ...core.paging import page
 from ...core.validation import validate_discovery
-from .api import (
+from .api import DELAY_KEYS, CoreSqlAdminApi
+from .common import (
     API_BASE,
-    DELAY_KEYS,
     KIND_INSTANCE,
     KIND_OPERATION,
-    CoreSqlAdminApi,
     _invalid,
-    _is_mysql,
     _not_emulated,
     _not_running,
     _now,
@@ -75,6 +73,7 @@ from .api import (
     _policy,
 )
 from .postgres import PostgresError
+from .versions import _is_mysql
 from .walarchive import (
     archive_dir,
     archive_options,

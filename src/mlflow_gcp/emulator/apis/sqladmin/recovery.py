@@ -20,22 +20,20 @@ from typing import Any
 from ...core.errors import GcpError
 from ...core.http import ApiRequest, route
 from ...core.validation import validate_discovery
-from .api import (
-    _NAME,
+from .backups import _FAILURES, KIND_BACKUP, BackupRunsApi, _iso, _pitr
+from .common import (
     API_BASE,
     KIND_INSTANCE,
     _invalid,
-    _ip_addresses,
-    _is_mysql,
     _not_emulated,
     _not_running,
     _now,
     _OpFailure,
     _policy,
-    _server_ca_cert,
 )
-from .backups import _FAILURES, KIND_BACKUP, BackupRunsApi, _iso, _pitr
+from .instances import _NAME, _ip_addresses, _server_ca_cert
 from .postgres import PostgresError, PostgresServer
+from .versions import _is_mysql
 from .walarchive import (
     archive_dir,
     archive_through_now,

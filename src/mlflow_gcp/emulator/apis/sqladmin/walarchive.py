@@ -26,6 +26,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
+
 from .postgres import (
     ADMIN_ROLE,
     HBA,
@@ -204,30 +206,36 @@ def recover(
     if target is not None:
         recovery["recovery_target_time"] = target.isoformat(sep=" ")
     _start_recovery(server, {**options, **recovery})
-    if target is not None and not server.running():
-        # No commit after the target in the archive: replay all of it (recovery.signal is still there).
-        _start_recovery(server, {**options, "restore_command": recovery["restore_command"]})
-    if not server.running():
+    if _promoted(server):
+        return
+    if target is None:
         raise PostgresError(f"recovery failed: {server.log_tail()}")
-    _wait_promoted(server)
+    # The archive ends before the target (no commit after it was archived): PostgreSQL stops with "recovery ended
+    # before configured recovery target was reached", whether while starting or once it replays as a standby. All
+    # that was archived is before the target then: replay all of it (recovery.signal is still there).
+    _start_recovery(server, {**options, "restore_command": recovery["restore_command"]})
+    if not _promoted(server):
+        raise PostgresError(f"recovery failed: {server.log_tail()}")
 
 
-def _wait_promoted(server: PostgresServer, timeout: float = 120.0) -> None:
-    """Until the recovered server has left recovery. PostgreSQL accepts connections while it still replays (a hot
-    standby) and promotes only once the target is reached; a clone is usable, as Cloud SQL's CLONE operation is DONE,
-    only as a primary: a base backup taken before the promotion is refused ("the standby was promoted during online
-    backup"), and writes fail."""
-    import time
-
+def _promoted(server: PostgresServer, timeout: float = 120.0) -> bool:
+    """Wait until the recovered server has left recovery (True), or stopped (False). PostgreSQL accepts connections
+    while it still replays (a hot standby) and promotes only once the target is reached; a clone is usable, as Cloud
+    SQL's CLONE operation is DONE, only as a primary: a base backup taken before the promotion is refused ("the standby
+    was promoted during online backup"), and writes fail."""
     deadline = time.monotonic() + timeout
-    while True:
-        with server.connect() as conn:
-            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-        if row is not None and not row[0]:
-            return
+    while server.running():
+        try:
+            with server.connect() as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return True
+        except psycopg.Error:
+            pass  # shutting down (the target not reached) or not accepting connections yet: running() tells
         if time.monotonic() > deadline:
             raise PostgresError(f"the recovered server did not leave recovery within {timeout:.0f} s")
         time.sleep(0.05)
+    return False
 
 
 def _start_recovery(server: PostgresServer, options: dict[str, str]) -> None:

@@ -211,14 +211,18 @@ def test_upgrade_keeps_every_kind_of_data_and_a_steady_client_sees_no_failure(
     assert {o["action"] for o in again["outcomes"]} == {"unchanged"}
 
 
-def test_rollback_brings_the_old_release_and_the_old_data_back(deployment: Deployment):
+def test_rollback_brings_the_old_release_and_the_old_data_back(deployment: Deployment, admin: EmulatorAdmin):
     with deployment.client() as client:
         client.create_experiment("after-the-upgrade")
     refused = deployment.cli("upgrade", "--rollback", check=False)
     assert refused.code == 9 and "Pass --yes" in refused.stderr
     started = time.monotonic()
-    result = deployment.cli("upgrade", "--rollback", "--yes", "--json").json()
+    replies: list[Any] = []
+    rollback = ("upgrade", "--rollback", "--yes", "--json")
+    mutating = mutations_during(admin, lambda: replies.append(deployment.cli(*rollback)))
     deployment.notes["rollback_seconds"] = time.monotonic() - started
+    result = replies[0].json()
+    assert len(mutating) == ROLLBACK_MUTATIONS, [f"{e['method']} {e['path']}" for e in mutating]
     assert result["version"] == OLD
     assert deployment.version() == OLD
     with deployment.client() as client:
@@ -266,3 +270,40 @@ def test_a_killed_upgrade_finishes_when_run_again(emulator: Emulator, tmp_path: 
 @pytest.mark.parametrize("k", [k for k in range(1, UPGRADE_MUTATIONS + 1) if k not in SAMPLED])
 def test_an_upgrade_killed_at_every_mutation_finishes_when_run_again(emulator: Emulator, tmp_path: Any, k: int):
     _killed_upgrade_converges(emulator, tmp_path, k)
+
+
+#: The mutating requests of a rollback: those of a restore from a backup (the new instance, the backup restored into
+#: it, the two users' passwords, the service switched); the previous release's image is still in Artifact Registry.
+ROLLBACK_MUTATIONS = 5
+ROLLBACK_SAMPLED = [ROLLBACK_MUTATIONS]  # the switch: killed there, the rerun meets a rollout still going
+
+
+def _killed_rollback_converges(emulator: Emulator, tmp_path: Any, k: int) -> None:
+    d = old_release(emulator, tmp_path)
+    admin = EmulatorAdmin(emulator.base_url)
+    with d.client() as client:
+        client.create_experiment("before")
+    d.cli("upgrade")
+    with d.client() as client:
+        client.create_experiment("after")
+    mutating = mutations_during(admin, lambda: kill_after(d.cli, admin, k, "upgrade", "--rollback", "--yes"))
+    assert len(mutating) == k
+    d.cli("upgrade", "--rollback", "--yes", "--break-lock")
+    assert d.version() == OLD
+    with d.client() as client:
+        assert client.get_experiment_by_name("before") and client.get_experiment_by_name("after") is None
+    report = d.cli("status", "--json").json()
+    assert report["ok"] and report["database"]["operation"] is None and report["mlflow"]["deployed"] == OLD
+    assert [k["instance"] for k in report["database"]["kept"]] == ["mlflow-dev-db"]
+    d.cli("down", "--delete-data", "--yes")
+
+
+@pytest.mark.parametrize("k", ROLLBACK_SAMPLED)
+def test_a_killed_rollback_finishes_when_run_again(emulator: Emulator, tmp_path: Any, k: int):
+    _killed_rollback_converges(emulator, tmp_path, k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [k for k in range(1, ROLLBACK_MUTATIONS + 1) if k not in ROLLBACK_SAMPLED])
+def test_a_rollback_killed_at_every_mutation_finishes_when_run_again(emulator: Emulator, tmp_path: Any, k: int):
+    _killed_rollback_converges(emulator, tmp_path, k)

@@ -66,19 +66,6 @@ def postgres_15(name: str, **settings: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sql_project(emulator: Emulator) -> str:
-    project_id = f"sql-{uuid.uuid4().hex[:8]}"
-    EmulatorAdmin(emulator.base_url).add_project(project_id)
-    enable(Clients(emulator.base_url), project_id, "sqladmin.googleapis.com")
-    return project_id
-
-
-@pytest.fixture(scope="module")
-def sql(emulator: Emulator) -> Any:
-    return Clients(emulator.base_url).sqladmin()
-
-
-@pytest.fixture(scope="module")
 def created(sql: Any, sql_project: str) -> Iterator[dict[str, Any]]:
     """The main instance: the operation insert answered, and the operation once DONE. Deleted afterwards, which
     also removes its cluster from disk."""

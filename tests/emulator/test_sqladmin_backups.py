@@ -75,19 +75,6 @@ def runs_of(sql: Any, project: str, instance: str, **kwargs: Any) -> list[dict[s
 
 
 @pytest.fixture(scope="module")
-def sql_project(emulator: Emulator) -> str:
-    project_id = f"bk-{uuid.uuid4().hex[:8]}"
-    EmulatorAdmin(emulator.base_url).add_project(project_id)
-    enable(Clients(emulator.base_url), project_id, "sqladmin.googleapis.com")
-    return project_id
-
-
-@pytest.fixture(scope="module")
-def sql(emulator: Emulator) -> Any:
-    return Clients(emulator.base_url).sqladmin()
-
-
-@pytest.fixture(scope="module")
 def source(emulator: Emulator, sql: Any, sql_project: str) -> dict[str, Any]:
     """POSTGRES_15 with automated backups and point-in-time recovery, a database and a user owning a table."""
     body = instance_body("source", enabled=True, pointInTimeRecoveryEnabled=True, transactionLogRetentionDays=3)
